@@ -67,9 +67,10 @@ class TextEncoder(nn.Module):
         missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
         if missing:
             with torch.no_grad():
-                emb = self._encode(missing).float()
-            for t, e in zip(missing, emb):
-                self._cache[t] = e.detach().cpu()
+                # one string per call: an embedding never depends on which strings shared its batch
+                # (padding changes float summation order), so cached and fresh values are identical
+                for t in missing:
+                    self._cache[t] = self._encode([t]).float()[0].detach().cpu()
         device = self.device
         return torch.stack([self._cache[t] for t in texts]).to(device)
 

@@ -1,0 +1,90 @@
+"""Training augmentations for H&E tiles: physical scale, geometry and stain.
+
+All functions take an explicit ``numpy.random.Generator`` so that every sample's augmentation is a
+pure function of (seed, sample position): exact resume and identical multi-process runs follow.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image
+
+# Ruifrok & Johnston H&E-DAB stain vectors (rows: haematoxylin, eosin, DAB), as in skimage.color
+_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float32)
+_RGB_FROM_HED = _RGB_FROM_HED / np.linalg.norm(_RGB_FROM_HED, axis=1, keepdims=True)
+_HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED).astype(np.float32)
+
+
+def hed_jitter(image: np.ndarray, rng: np.random.Generator, sigma: float = 0.05, bias: float = 0.02) -> np.ndarray:
+    """Perturb stain concentrations in optical-density space (Tellez et al. 2018).
+
+    ``uint8 [H, W, 3]`` -> ``uint8 [H, W, 3]``; each of H, E, D is scaled by ``1 + U(-sigma, sigma)``
+    and shifted by ``U(-bias, bias)``.
+    """
+    if sigma <= 0 and bias <= 0:
+        return image
+    od = -np.log((image.astype(np.float32) + 1.0) / 256.0)
+    hed = od.reshape(-1, 3) @ _HED_FROM_RGB
+    alpha = 1.0 + rng.uniform(-sigma, sigma, 3).astype(np.float32)
+    beta = rng.uniform(-bias, bias, 3).astype(np.float32)
+    hed = hed * alpha + beta
+    od = (hed @ _RGB_FROM_HED).reshape(image.shape)
+    rgb = 256.0 * np.exp(-od) - 1.0
+    return np.clip(rgb, 0, 255).round().astype(np.uint8)
+
+
+def brightness_contrast(image: np.ndarray, rng: np.random.Generator, amount: float = 0.1) -> np.ndarray:
+    if amount <= 0:
+        return image
+    x = image.astype(np.float32)
+    c = 1.0 + rng.uniform(-amount, amount)
+    b = 255.0 * rng.uniform(-amount, amount) * 0.5
+    mean = x.mean()
+    return np.clip((x - mean) * c + mean + b, 0, 255).round().astype(np.uint8)
+
+
+def random_scaled_crop(image: np.ndarray, masks: list[np.ndarray], *, crop: int, scale: float,
+                       rng: np.random.Generator, fill: int = 255) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Cut a window that becomes ``crop x crop`` after resizing by ``scale`` (model px per source px).
+
+    Images smaller than the window are padded with ``fill`` (white, like glass) and masks with 0.
+    Returns the ``uint8 [crop, crop, 3]`` image and each mask as ``uint8 [crop, crop]`` (nearest).
+    """
+    h, w = image.shape[:2]
+    win = max(1, int(round(crop / scale)))
+    y0 = int(rng.integers(0, max(h - win, 0) + 1))
+    x0 = int(rng.integers(0, max(w - win, 0) + 1))
+    img = image[y0:y0 + win, x0:x0 + win]
+    ms = [m[y0:y0 + win, x0:x0 + win] for m in masks]
+    ph, pw = win - img.shape[0], win - img.shape[1]
+    if ph > 0 or pw > 0:
+        img = np.pad(img, ((0, ph), (0, pw), (0, 0)), constant_values=fill)
+        ms = [np.pad(m, ((0, ph), (0, pw))) for m in ms]
+    if win != crop:
+        resample = Image.Resampling.BOX if win > crop else Image.Resampling.BILINEAR
+        img = np.asarray(Image.fromarray(img).resize((crop, crop), resample=resample))
+        ms = [np.asarray(Image.fromarray(m.astype(np.uint8)).resize((crop, crop), Image.Resampling.NEAREST))
+              for m in ms]
+    return img, [m.astype(np.uint8) for m in ms]
+
+
+def flip_rotate(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """The same random flip + 90° rotation (dihedral group) for every array (HxW or HxWxC)."""
+    k = int(rng.integers(0, 4))
+    flip = bool(rng.integers(0, 2))
+    out = []
+    for a in arrays:
+        a = np.rot90(a, k, axes=(0, 1))
+        if flip:
+            a = a[:, ::-1]
+        out.append(np.ascontiguousarray(a))
+    return out
+
+
+def log_uniform_jitter(rng: np.random.Generator, amount: float) -> float:
+    """A multiplicative factor ``exp(U(-log(1+amount), log(1+amount)))``."""
+    if amount <= 0:
+        return 1.0
+    r = math.log1p(amount)
+    return float(math.exp(rng.uniform(-r, r)))

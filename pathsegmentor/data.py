@@ -1,0 +1,208 @@
+"""Training samples from the PathSeg corpus: scaled crops, augmentations, positive and negative prompts.
+
+Each item is a pure function of ``(seed, position, image index)``: the sampler fixes which image a
+position uses and the augmentation RNG is seeded by the position, so runs are exactly reproducible
+and resumable (``skip_first_batches``) and every process of a distributed run sees its own shard.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from .augment import brightness_contrast, flip_rotate, hed_jitter, log_uniform_jitter, random_scaled_crop
+
+
+@dataclass
+class DataConfig:
+    """Where the corpus is and how samples are drawn.
+
+    ``balance``: ``"source"`` (every source drawn equally often), ``"category"`` (images weighted by
+    the rarity of their categories), or ``"none"`` (uniform over images).
+    ``negatives_per_image``: prompts for categories the source annotates exhaustively but that are
+    absent from the crop (target empty, presence 0). Categories a source does not annotate
+    exhaustively are never used as negatives (the corpus' ``negative_labels`` already excludes them).
+    """
+
+    corpus: str = ""
+    train_split: str = "train"
+    val_split: str = "validation"
+    sources: list[str] = field(default_factory=list)  # empty: all
+    crop: int = 256
+    scale_jitter: float = 0.15
+    prompts_per_image: int = 4
+    negatives_per_image: int = 1
+    synonym_prob: float = 0.3
+    hed_sigma: float = 0.05
+    hed_bias: float = 0.02
+    brightness_contrast: float = 0.1
+    balance: str = "source"
+    num_workers: int = 0
+
+
+def load_synonyms(corpus_dir: str | Path) -> dict[str, list[str]]:
+    """Category -> synonyms from the corpus' ontology snapshot (``ontology.yaml``), if any."""
+    import yaml
+
+    path = Path(corpus_dir) / "ontology.yaml"
+    if not path.is_file():
+        return {}
+    data = yaml.safe_load(path.read_text()) or {}
+    cats = data.get("categories", data) if isinstance(data, dict) else data
+    out: dict[str, list[str]] = {}
+    items = cats.items() if isinstance(cats, dict) else ((c.get("name"), c) for c in cats if isinstance(c, dict))
+    for name, c in items:
+        if isinstance(c, dict) and name:
+            out[str(name)] = [str(s) for s in (c.get("synonyms") or [])]
+    return out
+
+
+class PromptedCrops(Dataset):
+    """Map-style dataset over ``(position, image_index)`` keys produced by :class:`PositionSampler`.
+
+    Returns a dict: ``pixels uint8 [3, c, c]``, ``target float [P, c, c]`` (0/1), ``valid bool
+    [P, c, c]`` (False on ignored pixels), ``presence float [P]``, ``prompts`` list of P strings,
+    ``labels`` (canonical), ``source``.
+    """
+
+    def __init__(self, corpus, split: str, cfg: DataConfig, *, model_mpp: float, seed: int,
+                 synonyms: dict[str, list[str]] | None = None) -> None:
+        self.corpus = corpus
+        self.split = split
+        self.cfg = cfg
+        self.model_mpp = model_mpp
+        self.seed = seed
+        self.synonyms = synonyms or {}
+
+    def __len__(self) -> int:
+        return len(self.corpus.images[self.split])
+
+    def _prompt_text(self, label: str, rng: np.random.Generator) -> str:
+        syn = self.synonyms.get(label) or []
+        if syn and rng.random() < self.cfg.synonym_prob:
+            return str(syn[int(rng.integers(0, len(syn)))])
+        return label
+
+    def view(self, position: int, index: int) -> dict[str, Any]:
+        """The augmented crop of image ``index`` for sample ``position``: image, per-label targets and
+        ignore masks, negatives, source (no prompts yet)."""
+        rng = np.random.default_rng([self.seed, int(position)])
+        s = self.corpus.sample(self.split, int(index))
+        labels = sorted(s["targets"])
+        masks = [np.asarray(s["targets"][lb], dtype=np.uint8) for lb in labels]
+        ignores = [(s.get("ignore") or {}).get(lb) for lb in labels]
+        has_ignore = [ig is not None for ig in ignores]
+        masks += [np.asarray(ig, dtype=np.uint8) for ig in ignores if ig is not None]
+        mpp = float(s.get("mpp") or self.model_mpp)
+        scale = mpp / self.model_mpp * log_uniform_jitter(rng, self.cfg.scale_jitter)
+        img, ms = random_scaled_crop(s["image"], masks, crop=self.cfg.crop, scale=scale, rng=rng)
+        arrays = flip_rotate([img] + ms, rng)
+        img, ms = arrays[0], arrays[1:]
+        img = hed_jitter(img, rng, self.cfg.hed_sigma, self.cfg.hed_bias)
+        img = brightness_contrast(img, rng, self.cfg.brightness_contrast)
+        ign_iter = iter(ms[len(labels):])
+        return {
+            "image": img,
+            "targets": {lb: m for lb, m in zip(labels, ms[:len(labels)])},
+            "ignore": {lb: (next(ign_iter) if h else None) for lb, h in zip(labels, has_ignore)},
+            "negatives": [n for n in s.get("negatives", []) if n not in s["targets"]],
+            "source": s.get("source", ""),
+        }
+
+    def with_prompts(self, view: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        """Choose P prompts for a view: annotated labels (empty in this crop -> presence 0) and true
+        negatives; build targets, valid masks and presence."""
+        tgt, ign, negatives = view["targets"], view["ignore"], view["negatives"]
+        labels = sorted(tgt)
+        P = self.cfg.prompts_per_image
+        n_neg = min(self.cfg.negatives_per_image, len(negatives), P) if negatives else 0
+        pos_pool = labels or negatives
+        chosen: list[str] = []
+        if pos_pool:
+            order = rng.permutation(len(pos_pool))
+            chosen = [pos_pool[order[j % len(order)]] for j in range(P - n_neg)]
+        if n_neg:
+            chosen += [negatives[j] for j in rng.choice(len(negatives), n_neg, replace=False)]
+        if not chosen:
+            raise ValueError(f"a {view['source']} sample has neither labels nor negatives; rebuild the corpus")
+        c = view["image"].shape[0]
+        target = np.zeros((P, c, c), np.float32)
+        valid = np.ones((P, c, c), bool)
+        presence = np.zeros(P, np.float32)
+        for j, lb in enumerate(chosen):
+            if lb in tgt:
+                target[j] = tgt[lb] > 0
+                if ign.get(lb) is not None:
+                    valid[j] = ign[lb] == 0
+                presence[j] = float(target[j].any())
+        return {
+            "pixels": torch.from_numpy(np.ascontiguousarray(view["image"].transpose(2, 0, 1))),
+            "target": torch.from_numpy(target),
+            "valid": torch.from_numpy(valid),
+            "presence": torch.from_numpy(presence),
+            "prompts": [self._prompt_text(lb, rng) for lb in chosen],
+            "labels": chosen,
+            "source": view["source"],
+        }
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        position, index = key
+        rng = np.random.default_rng([self.seed, int(position), 1])
+        return self.with_prompts(self.view(position, index), rng)
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k in items[0]:
+        vals = [it[k] for it in items]
+        out[k] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) else vals
+    return out
+
+
+def sampling_weights(corpus, split: str, balance: str, sources: list[str] | None = None) -> np.ndarray:
+    """Per-image sampling weights (sum 1) for the chosen balancing; images of excluded sources get 0."""
+    table = corpus.images[split]
+    src = np.asarray(table["source"])
+    keep = np.ones(len(src), bool) if not sources else np.isin(src, sources)
+    if not keep.any():
+        raise ValueError(f"no images of sources {sources} in split '{split}' (sources there: {sorted(set(src))})")
+    w = keep.astype(np.float64)
+    if balance == "source":
+        for s in set(src[keep]):
+            sel = keep & (src == s)
+            w[sel] = 1.0 / sel.sum()
+    elif balance == "category":
+        labels = table["labels"]
+        counts: dict[str, int] = {}
+        for ls in labels:
+            for lb in ls:
+                counts[lb] = counts.get(lb, 0) + 1
+        for i, ls in enumerate(labels):
+            if keep[i]:
+                w[i] = np.mean([1.0 / counts[lb] for lb in ls]) if ls else min(1.0 / c for c in counts.values())
+    elif balance != "none":
+        raise ValueError(f"Unknown data.balance '{balance}'. Available: ['source', 'category', 'none']")
+    return w / w.sum()
+
+
+class PositionSampler(Sampler):
+    """Yields ``(position, image_index)`` for positions ``0..total-1``: image indices drawn i.i.d.
+    from ``weights`` with a generator seeded by ``seed``. Deterministic, so a resumed run skips the
+    first batches and continues with exactly the same stream."""
+
+    def __init__(self, weights: np.ndarray, total: int, seed: int) -> None:
+        self.weights = weights
+        self.total = total
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rng = np.random.default_rng([self.seed, 7919])
+        idx = rng.choice(len(self.weights), size=self.total, p=self.weights)
+        return iter([(i, int(j)) for i, j in enumerate(idx)])
