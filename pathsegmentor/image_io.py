@@ -118,4 +118,4 @@ def resize_rgb(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
         return image
     shrinking = h < image.shape[0]
     resample = Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR
-    return np.asarray(Image.fromarray(image).resize((w, h), resample=resample))
+    return np.array(Image.fromarray(image).resize((w, h), resample=resample))  # writable copy

@@ -180,16 +180,17 @@ def load_sam_checkpoint(model, path: str | Path) -> list[str]:
     return [k for k in own if k not in state]
 
 
-def _hub_download(repo_id: str, tried: list[str]) -> Path:
+def _hub_download(repo_id: str, tried: list[str], name: str | None = None) -> Path:
+    name = name or repo_id
     if _offline():
-        raise WeightsNotFoundError(_not_found_message(repo_id, tried + [f"hub '{repo_id}' (skipped: offline)"]))
+        raise WeightsNotFoundError(_not_found_message(name, tried + [f"hub '{repo_id}' (skipped: offline)"]))
     try:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(repo_id, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME],
                                       cache_dir=str(cache_dir() / "hub")))
     except Exception as e:  # noqa: BLE001 - any hub failure becomes the same actionable message
-        raise WeightsNotFoundError(_not_found_message(repo_id, tried + [f"hub '{repo_id}' ({type(e).__name__}: "
+        raise WeightsNotFoundError(_not_found_message(name, tried + [f"hub '{repo_id}' ({type(e).__name__}: "
                                                                         f"{str(e).splitlines()[0][:160]})"])) from e
 
 
@@ -230,7 +231,7 @@ def from_pretrained(name_or_dir: str | Path, *, overrides: dict[str, Any] | None
         hub_id = cfg.pretrained.get("hub_id")
         if hub_id:
             try:
-                return load_model_dir(_hub_download(hub_id, tried), overrides=overrides, device=device)
+                return load_model_dir(_hub_download(hub_id, tried, name=name), overrides=overrides, device=device)
             except WeightsNotFoundError as e:
                 extra = ""
                 if sam_ckpt:
