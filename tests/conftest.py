@@ -1,0 +1,44 @@
+"""Shared test fixtures. Tests run on CPU, offline; heavy ones are marked ``slow``."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pathsegmentor._compat import ensure_torchvision
+
+ensure_torchvision()  # before anything imports segment_anything / timm / open_clip / transformers
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ``../shared/data``; skips the test with the reason when it is absent."""
+    p = SHARED_DATA.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"real data not available at {p} (only in the project's CI/dev checkout)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def test_model():
+    """The registered random ``pathsegmentor-test`` model in eval mode (shared: do not modify it)."""
+    import torch
+
+    from pathsegmentor import create_model
+
+    torch.manual_seed(0)
+    return create_model("pathsegmentor-test").eval()
+
+
+@pytest.fixture(scope="session")
+def test_model_dir(test_model, tmp_path_factory):
+    """``test_model`` saved with ``save_pretrained``."""
+    d = tmp_path_factory.mktemp("pathsegmentor-test-model")
+    test_model.save_pretrained(d)
+    return d
