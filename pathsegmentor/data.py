@@ -42,6 +42,7 @@ class DataConfig:
     brightness_contrast: float = 0.1
     balance: str = "source"
     num_workers: int = 0
+    cache_decoded: bool = True  # keep decoded corpus samples in memory (small corpora; saves PNG decoding)
 
 
 def load_synonyms(corpus_dir: str | Path) -> dict[str, list[str]]:
@@ -77,6 +78,14 @@ class PromptedCrops(Dataset):
         self.model_mpp = model_mpp
         self.seed = seed
         self.synonyms = synonyms or {}
+        self._decoded: dict[int, dict[str, Any]] = {}
+
+    def _sample(self, index: int) -> dict[str, Any]:
+        if not self.cfg.cache_decoded:
+            return self.corpus.sample(self.split, index)
+        if index not in self._decoded:
+            self._decoded[index] = self.corpus.sample(self.split, index)
+        return self._decoded[index]
 
     def __len__(self) -> int:
         return len(self.corpus.images[self.split])
@@ -91,7 +100,7 @@ class PromptedCrops(Dataset):
         """The augmented crop of image ``index`` for sample ``position``: image, per-label targets and
         ignore masks, negatives, source (no prompts yet)."""
         rng = np.random.default_rng([self.seed, int(position)])
-        s = self.corpus.sample(self.split, int(index))
+        s = self._sample(int(index))
         labels = sorted(s["targets"])
         masks = [np.asarray(s["targets"][lb], dtype=np.uint8) for lb in labels]
         ignores = [(s.get("ignore") or {}).get(lb) for lb in labels]
