@@ -45,7 +45,8 @@ def _to_rgb(arr: np.ndarray, what: str) -> np.ndarray:
                              f"(channels last) — a CxHxW array should be passed as a torch tensor.")
     if arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ImageReadError(f"{what}: empty image of shape {arr.shape}")
-    return np.ascontiguousarray(arr)
+    arr = np.ascontiguousarray(arr)
+    return arr if arr.flags.writeable else arr.copy()  # torch.from_numpy warns on read-only arrays
 
 
 def read_image(path: str | Path) -> np.ndarray:
