@@ -1,0 +1,26 @@
+"""PathSeg: public pathology datasets harmonised into one corpus of image-mask-label triples.
+
+``build(sources, out, **options)`` writes a corpus, ``load_pathseg(out)`` reads it back. Heavy
+dependencies (datasets, tifffile, scipy) are imported inside the functions that use them.
+"""
+from __future__ import annotations
+
+from .base import SourceAdapter, SourceFormatError, SourceSample, get_source, list_sources, register_source
+from .ontology import Ontology, OntologyError
+
+__all__ = [
+    "SourceAdapter", "SourceFormatError", "SourceSample", "get_source", "list_sources", "register_source",
+    "Ontology", "OntologyError", "build", "load_pathseg", "PathSegCorpus", "BuildError",
+]
+
+
+def __getattr__(name):  # lazy: keep `import data_builders` light
+    if name in ("build", "BuildError"):
+        from . import builder
+
+        return getattr(builder, name)
+    if name in ("load_pathseg", "PathSegCorpus"):
+        from . import corpus
+
+        return getattr(corpus, name)
+    raise AttributeError(f"module 'data_builders' has no attribute '{name}'")
