@@ -78,7 +78,10 @@ def _run_external(name: str, argv: list[str]) -> int:
             raise RunError(f"'{cmd.module}' does not define {attr}(); it cannot serve 'pathsegmentor {name}'.")
     parser = argparse.ArgumentParser(prog=f"pathsegmentor {name}", description=cmd.help or None)
     module.add_arguments(parser)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2), already printed by argparse
+        return int(e.code or 0)
     return int(module.run(args) or 0)
 
 
