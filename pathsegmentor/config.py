@@ -21,8 +21,10 @@ class ConfigError(ValueError):
 
 @dataclass
 class ImageEncoderConfig:
-    """``type``: ``"sam"`` (segment_anything ViT; ``variant`` vit_b / vit_l / vit_h or custom dims)
-    or ``"timm"`` (any timm backbone with ``features_only``, plus a neck to ``embed_dim``)."""
+    """``type``: ``"sam"`` (segment_anything ViT; ``variant`` vit_b / vit_l / vit_h or custom dims),
+    ``"timm"`` (any timm backbone with ``features_only``, plus a neck to ``embed_dim``) or ``"dual"``
+    (CellSAM, :mod:`pathsegmentor.cellsam`: a frozen ``teacher`` and a light ``student``, each a
+    mapping of these same keys, fused by ``aggregation``: ``"concat"`` or ``"gated"``)."""
 
     type: str = "timm"
     variant: str = "vit_b"
@@ -36,6 +38,9 @@ class ImageEncoderConfig:
     vit_window_size: int = 14
     vit_patch_size: int = 16
     fast_attention: bool = True
+    teacher: dict[str, Any] = field(default_factory=dict)  # type "dual" only
+    student: dict[str, Any] = field(default_factory=dict)  # type "dual" only
+    aggregation: str = "concat"  # type "dual" only
 
 
 @dataclass
@@ -109,6 +114,8 @@ class ModelConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     # where pretrained weights come from, in resolution order after a local dir and the cache
     pretrained: dict[str, str] = field(default_factory=dict)
+    # CellSAM options (image_encoder.type "dual"): see pathsegmentor.cellsam.model.CellSAMConfig
+    cellsam: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

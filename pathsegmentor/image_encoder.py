@@ -167,4 +167,8 @@ def build_image_encoder(cfg: ImageEncoderConfig, img_size: int) -> nn.Module:
     if cfg.type == "timm":
         return TimmImageEncoder(backbone=cfg.backbone, out_indices=tuple(cfg.out_indices),
                                 embed_dim=cfg.embed_dim)
-    raise ValueError(f"Unknown image encoder type '{cfg.type}'. Available: ['sam', 'timm']")
+    if cfg.type == "dual":  # CellSAM: frozen large teacher + light student (pathsegmentor.cellsam)
+        from .cellsam.dual_encoder import build_dual_encoder
+
+        return build_dual_encoder(cfg, img_size)
+    raise ValueError(f"Unknown image encoder type '{cfg.type}'. Available: ['sam', 'timm', 'dual']")

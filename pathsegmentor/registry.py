@@ -67,7 +67,10 @@ def build_model(cfg: ModelConfig):
     adapter = TextPromptAdapter(text_dim=text_encoder.dim, embed_dim=md.transformer_dim,
                                 num_tokens=cfg.prompt_adapter.num_tokens, hidden_dim=cfg.prompt_adapter.hidden_dim,
                                 dropout=cfg.prompt_adapter.dropout)
-    model = PathSegmentor(image_encoder=image_encoder, text_encoder=text_encoder, prompt_adapter=adapter,
+    model_cls = PathSegmentor
+    if cfg.image_encoder.type == "dual":  # CellSAM: the same parts plus mask fusion (pathsegmentor.cellsam)
+        from .cellsam.model import CellSAM as model_cls
+    model = model_cls(image_encoder=image_encoder, text_encoder=text_encoder, prompt_adapter=adapter,
                           mask_decoder=mask_decoder, prompt_encoder=prompt_encoder, config=cfg)
     freeze_unused_sam_parts(model)
     return model

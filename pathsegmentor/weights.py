@@ -162,6 +162,9 @@ def load_sam_checkpoint(model, path: str | Path) -> list[str]:
     checkpoint does not cover (our additions: text adapter, hires path, presence head), which keep
     their initial values.
     """
+    own_loader = getattr(model, "load_sam_checkpoint", None)
+    if callable(own_loader):  # models with their own SAM key layout (CellSAM: teacher under a prefix)
+        return own_loader(path)
     state = safe_torch_load(path)
     own = model.state_dict()
     ours_only = ("mask_decoder.hires_", "mask_decoder.presence_head.", "prompt_adapter.", "text_encoder.")
