@@ -26,8 +26,9 @@ def _fast_forward(self, x: torch.Tensor) -> torch.Tensor:
         Rh = get_rel_pos(H, H, self.rel_pos_h)  # [H, H, hd]
         Rw = get_rel_pos(W, W, self.rel_pos_w)  # [W, W, hd]
         r_q = q.reshape(B * nh, H, W, hd)
-        rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, Rh)
-        rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, Rw)
+        # contiguous first: the einsum outputs are strided, and the broadcast add below is memory-bound
+        rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, Rh).contiguous()
+        rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, Rw).contiguous()
         bias = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(B, nh, H * W, H * W)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
     out = out.view(B, nh, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
