@@ -283,13 +283,16 @@ def run_training(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         from .embedding_cache import CachedViews, build_embedding_cache
 
         cache_dir = Path(cfg.cache.dir or out / "embedding_cache")
+        t_cache = time.time()
         if accelerator.is_main_process:
             build_embedding_cache(model, ds, weights, cache_dir, views=cfg.cache.views)
         accelerator.wait_for_everyone()
+        cache_build_s = time.time() - t_cache
         train_ds = CachedViews(cache_dir, ds)
         weights = np.full(len(train_ds), 1.0 / len(train_ds))
     else:
         train_ds = ds
+        cache_build_s = 0.0
     sampler = PositionSampler(weights, total_positions, cfg.train.seed)
     loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.train.batch_size, sampler=sampler,
                                          collate_fn=collate, num_workers=cfg.data.num_workers, drop_last=True)
@@ -304,6 +307,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         accelerator.load_state(str(resume_from))
         step = json.loads((resume_from / "trainer_state.json").read_text())["step"]
         accelerator.print(f"resumed from {resume_from} at step {step}")
+    start_step = step
     batches = accelerator.skip_first_batches(loader, step * cfg.train.grad_accum) if step else loader
 
     log_path = out / "train_log.csv"
@@ -380,7 +384,20 @@ def run_training(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
             break
     bar.close()
     accelerator.wait_for_everyone()
-    result = {"steps": step, "num_processes": accelerator.num_processes, "first_loss": first_loss,
+    # per-rank parameter checksums: identical across ranks when DDP kept the replicas in sync
+    with torch.no_grad():
+        checksum = float(sum(p.double().sum() + (p.double() ** 2).sum() for p in unwrapped.parameters()))
+    from accelerate.utils import gather_object
+
+    checksums = gather_object([checksum])
+    import resource
+
+    peak_mb = gather_object([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0])
+    samples = (step - start_step) * global_batch
+    result = {"steps": step, "num_processes": accelerator.num_processes, "param_checksums": checksums,
+              "samples_per_s": round(samples / max(time.time() - t0, 1e-9), 3), "peak_rss_mb_per_rank": peak_mb,
+              "cache_build_s": round(cache_build_s, 2),
+              "first_loss": first_loss,
               "last_loss": last_loss, "output_dir": str(out), "wall_s": round(time.time() - t0, 2)}
     if accelerator.is_main_process:
         unwrapped.save_pretrained(out / "model")

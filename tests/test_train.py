@@ -1,0 +1,147 @@
+"""Training smoke tier: single process, two processes (gloo DDP on CPU), exact resume, embedding cache,
+evaluation on the trained output, and bad configurations."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pathsegmentor.config import ConfigError
+from pathsegmentor.train import load_train_config, run_training
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_RECIPE = REPO / "configs" / "train" / "test.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory) -> Path:
+    from data_builders import build
+    from data_builders.synthetic import write_folder_dataset
+
+    source = write_folder_dataset(tmp_path_factory.mktemp("folder_src"), n=8, size=96)
+    out = tmp_path_factory.mktemp("corpus") / "pathseg"
+    build({"folder": source}, out, val_fraction=0.25, tile=1024, seed=0)
+    return out
+
+
+def _cfg(tmp: Path, corpus: Path, *extra: str):
+    return load_train_config(TEST_RECIPE, [f"data.corpus={corpus}", f"output_dir={tmp}", *extra])
+
+
+def _run_cli(args: list[str], *, launcher: list[str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = (launcher or [sys.executable]) + ["-m", "pathsegmentor.train", *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _weights(d: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(d / "model" / "model.safetensors"))
+
+
+def test_single_process_trains_and_loss_decreases(tmp_path, tiny_corpus):
+    cfg = _cfg(tmp_path / "run", tiny_corpus, "train.steps=30", "train.log_every=10", "train.save_every=30",
+               "optim.lr=0.003")
+    res = run_training(cfg)
+    assert res["num_processes"] == 1 and res["steps"] == 30
+    assert res["last_loss"] < res["first_loss"], res
+    out = tmp_path / "run"
+    for f in ("train_config.yaml", "train_log.csv", "loss_curve.png", "model/model.safetensors", "model/config.json"):
+        assert (out / f).is_file(), f
+    rows = (out / "train_log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,") and len(rows) == 4
+
+
+@pytest.mark.slow
+def test_two_process_ddp_gloo(tmp_path, tiny_corpus):
+    port = _free_port()
+    out = tmp_path / "ddp"
+    r = _run_cli(["--config", str(TEST_RECIPE), f"data.corpus={tiny_corpus}", f"output_dir={out}",
+                  "train.steps=20", "train.log_every=10", "train.save_every=20", "optim.lr=0.003"],
+                 launcher=["torchrun", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                           "--master_port", str(port)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["num_processes"] == 2
+    a, b = summary["param_checksums"]
+    assert a == b, "replicas diverged across ranks"
+    assert summary["last_loss"] < summary["first_loss"]
+
+
+def test_exact_resume_after_kill(tmp_path, tiny_corpus):
+    common = ["--config", str(TEST_RECIPE), f"data.corpus={tiny_corpus}", "train.steps=6", "train.save_every=3"]
+    straight = tmp_path / "straight"
+    r = _run_cli(common + [f"output_dir={straight}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    resumed = tmp_path / "resumed"
+    r = _run_cli(common + [f"output_dir={resumed}", "train.stop_after=3"])
+    assert r.returncode == 3, "the run should have been killed right after step 3's checkpoint"
+    assert not (resumed / "model").exists()
+    r = _run_cli(common + [f"output_dir={resumed}", "--resume"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] == b[k]).all(), f"{k} differs after resume"
+
+
+def test_embedding_cache_mode_then_evaluate(tmp_path, tiny_corpus):
+    from data_builders import load_pathseg
+
+    from pathsegmentor.evaluate import evaluate
+    from pathsegmentor.weights import from_pretrained
+
+    cfg = _cfg(tmp_path / "cache", tiny_corpus, "cache.enabled=true", "cache.views=2", "freeze.image_encoder=true",
+               "train.steps=4")
+    res = run_training(cfg)
+    assert res["steps"] == 4
+    views = sorted((tmp_path / "cache" / "embedding_cache").glob("view_*.safetensors"))
+    assert views, "no cached views written"
+    model = from_pretrained(tmp_path / "cache" / "model")
+    corpus = load_pathseg(tiny_corpus)
+    result = evaluate(model, corpus, "validation", out_dir=tmp_path / "eval", progress=False)
+    assert result["tables"]["overall"], "evaluation produced no rows"
+    for f in ("metrics.json", "metrics.md", "rows.csv", "dice_by_category.png"):
+        assert (tmp_path / "eval" / f).is_file(), f
+    overall = result["tables"]["overall"][0]
+    assert 0.0 <= overall["pixel_dice"] <= 1.0
+
+
+def test_unknown_config_key_is_named(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_train_config(TEST_RECIPE, ["train.stepz=3"])
+    assert "stepz" in str(e.value) and "steps" in str(e.value)
+
+
+def test_missing_corpus_dir(tmp_path):
+    cfg = _cfg(tmp_path / "run", tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="pathseg-build"):
+        run_training(cfg)
+
+
+def test_missing_split(tmp_path, tiny_corpus):
+    cfg = _cfg(tmp_path / "run", tiny_corpus, "data.train_split=holdout")
+    with pytest.raises(ConfigError, match="holdout"):
+        run_training(cfg)
+
+
+def test_resume_from_another_model_refused(tmp_path, tiny_corpus):
+    out = tmp_path / "run"
+    run_training(_cfg(out, tiny_corpus, "train.steps=3", "train.save_every=3"))
+    cfg = _cfg(out, tiny_corpus, "model.overrides={mask_decoder.hires: false}")
+    with pytest.raises(ConfigError, match="Cannot resume"):
+        run_training(cfg, resume=True)
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        run_training(_cfg(out, tiny_corpus))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
