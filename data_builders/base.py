@@ -46,6 +46,8 @@ class SourceSample:
         split: the source's official split ("train", "validation", "test") or None to let the
             builder make a grouped split.
         meta: free-form extra fields kept in the build report (never used for training).
+        exhaustive: optional per-sample override of the source's exhaustive category list (ontology
+            category names), e.g. when one image lacks an annotation the rest of the source has.
     """
 
     sample_id: str
@@ -58,6 +60,7 @@ class SourceSample:
     split: str | None = None
     ignore: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
+    exhaustive: list[str] | None = None
 
 
 class SourceAdapter:
