@@ -197,6 +197,12 @@ class PathSegmentor(nn.Module):
         logits = logits[:, 0, :h, :w]
         return torch.sigmoid(logits).float().cpu().numpy(), torch.sigmoid(out.presence_logits).float().cpu().numpy()
 
+    def segment_slide(self, path: str | Path, prompts: str | Sequence[str], **kw):
+        """Whole-slide inference, streamed to ``out=DIR``; see :mod:`pathsegmentor.slide`."""
+        from .slide import segment_slide
+
+        return segment_slide(self, path, prompts, **kw)
+
     @torch.no_grad()
     def segment(self, image: ImageInput, prompts: str | Sequence[str] | None = None, *,
                 mpp: float | None = None, points: np.ndarray | None = None, point_labels: np.ndarray | None = None,

@@ -1,0 +1,217 @@
+"""Streaming analysis of a slide mask, strip by strip with overlap: instance separation and
+per-object measurements for cell/nucleus prompts, region polygons for the others.
+
+Each strip (``core`` rows) is analysed inside a window with ``margin`` rows of context above and
+below; an object is kept by the strip whose core holds its centroid, so objects cut by strip
+boundaries are counted once. Region polygons are clipped to the core rows and unioned with the
+open polygons of the previous strip, so a region spanning strips becomes one polygon.
+Coordinates inside are working-grid *corner* coordinates (pixel ``(r, c)`` covers
+``[c, c+1) x [r, r+1)``); emitted geometry and centroids are scaled to level-0 pixels.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..instances import separate_instances
+
+COLUMNS = ["object_id", "prompt", "centroid_x", "centroid_y", "area_um2", "perimeter_um", "eccentricity",
+           "solidity", "mean_hematoxylin", "mean_eosin"]
+
+
+def is_instance_prompt(prompt: str) -> bool:
+    """Cell/nucleus categories get instances: the phrase names nuclei or cells."""
+    p = prompt.lower()
+    return "nucle" in p or "cell" in p
+
+
+@dataclass
+class Geometry:
+    """Working grid -> level 0: ``x0 = x * sx``, ``y0 = y * sy`` (corner coordinates);
+    ``mpp_x, mpp_y`` microns per working pixel."""
+
+    sx: float
+    sy: float
+    mpp_x: float
+    mpp_y: float
+
+    def to_level0(self, geom):
+        from shapely.affinity import scale
+
+        return scale(geom, xfact=self.sx, yfact=self.sy, origin=(0, 0))
+
+
+class Lookahead:
+    """Feed strips in order; ``process(core0, core1, rows(a, b))`` runs for each strip once the
+    next one (its lower context) has arrived. ``rows(a, b)`` returns the buffered rows ``[a, b)``
+    clipped to what is buffered (at most ``margin`` rows either side of the core)."""
+
+    def __init__(self, margin: int, process: Callable[[int, int, Callable[[int, int], tuple[int, np.ndarray]]], None]) -> None:
+        self.margin, self.process = margin, process
+        self.buf: list[tuple[int, np.ndarray]] = []
+
+    def _rows(self, a: int, b: int) -> tuple[int, np.ndarray]:
+        parts, start = [], None
+        for r0, s in self.buf:
+            lo, hi = max(a, r0), min(b, r0 + len(s))
+            if hi > lo:
+                start = lo if start is None else start
+                parts.append(s[lo - r0:hi - r0])
+        return (start if start is not None else a), (np.concatenate(parts) if parts else np.zeros((0, 0), bool))
+
+    def push(self, r0: int, strip: np.ndarray) -> None:
+        self.buf.append((r0, strip))
+        if len(self.buf) >= 2:
+            c0, cs = self.buf[-2]
+            self.process(c0, c0 + len(cs), lambda a, b: self._rows(a, b))
+        if len(self.buf) > 3:
+            self.buf.pop(0)
+
+    def finish(self) -> None:
+        if self.buf:
+            c0, cs = self.buf[-1]
+            self.process(c0, c0 + len(cs), lambda a, b: self._rows(a, b))
+        self.buf = []
+
+
+class InstanceAnalyzer:
+    """Instances + measurements (+ detection polygons) for one prompt, streamed by strips."""
+
+    def __init__(self, prompt: str, *, geometry: Geometry, read_rgb: Callable[[int, int, int, int], np.ndarray],
+                 next_id: Callable[[], int], on_object: Callable[[dict, object], None],
+                 want_polygons: bool, margin: int = 64, min_distance: int = 3, min_area: int = 4) -> None:
+        self.prompt, self.g, self.read_rgb = prompt, geometry, read_rgb
+        self.next_id, self.on_object, self.want_polygons = next_id, on_object, want_polygons
+        self.min_distance, self.min_area = min_distance, min_area
+        self.count = 0
+        self._look = Lookahead(margin, self._process)
+
+    def push(self, r0: int, mask: np.ndarray) -> None:
+        self._look.push(r0, mask)
+
+    def finish(self) -> None:
+        self._look.finish()
+
+    def _process(self, core0: int, core1: int, rows) -> None:
+        from skimage.color import rgb2hed
+        from skimage.measure import regionprops
+
+        m = self._look.margin
+        w0, window = rows(core0 - m, core1 + m)
+        if window.size == 0 or not window.any():
+            return
+        labels = separate_instances(window, min_distance=self.min_distance, min_area=self.min_area)
+        kept = []
+        for prop in regionprops(labels):
+            cy = prop.centroid[0] + 0.5 + w0  # corner coordinates of the centroid
+            if core0 <= cy < core1:
+                kept.append((prop, cy))
+        if not kept:
+            return
+        r_lo = min(p.bbox[0] for p, _ in kept)
+        r_hi = max(p.bbox[2] for p, _ in kept)
+        c_lo = min(p.bbox[1] for p, _ in kept)
+        c_hi = max(p.bbox[3] for p, _ in kept)
+        hed = rgb2hed(self.read_rgb(w0 + r_lo, w0 + r_hi, c_lo, c_hi))
+        g = self.g
+        px_area, px_len = g.mpp_x * g.mpp_y, math.sqrt(g.mpp_x * g.mpp_y)
+        for prop, cy in kept:
+            r0, c0, r1, c1 = prop.bbox
+            obj = prop.image
+            sub = hed[r0 - r_lo:r1 - r_lo, c0 - c_lo:c1 - c_lo]
+            row = {"object_id": self.next_id(), "prompt": self.prompt,
+                   "centroid_x": (prop.centroid[1] + 0.5) * g.sx, "centroid_y": cy * g.sy,
+                   "area_um2": float(prop.area) * px_area, "perimeter_um": float(prop.perimeter) * px_len,
+                   "eccentricity": float(prop.eccentricity), "solidity": float(prop.solidity),
+                   "mean_hematoxylin": float(sub[..., 0][obj].mean()), "mean_eosin": float(sub[..., 1][obj].mean())}
+            poly = None
+            if self.want_polygons:
+                from .geojson import outer_polygon
+
+                poly = outer_polygon(obj, (w0 + r0, c0))
+                poly = g.to_level0(poly) if poly is not None else None
+            self.count += 1
+            self.on_object(row, poly)
+
+
+class RegionTracer:
+    """Region polygons of one prompt's mask, streamed by strips and merged across strip seams."""
+
+    def __init__(self, *, height: int, width: int, on_polygon: Callable[[object], None]) -> None:
+        self.height, self.width, self.on_polygon = height, width, on_polygon
+        self.open: list = []
+        self._look = Lookahead(1, self._process)
+
+    def push(self, r0: int, mask: np.ndarray) -> None:
+        self._look.push(r0, mask)
+
+    def finish(self) -> None:
+        self._look.finish()
+        for p in self.open:
+            self.on_polygon(p)
+        self.open = []
+
+    def _process(self, core0: int, core1: int, rows) -> None:
+        from shapely import box, union_all
+
+        from .geojson import mask_polygons
+
+        w0, window = rows(core0 - 1, core1 + 1)
+        polys = []
+        if window.size and window.any():
+            clip = box(0, core0, self.width, core1)
+            for p in mask_polygons(window, (w0, 0)):
+                q = p.intersection(clip)
+                polys.extend(g for g in getattr(q, "geoms", [q]) if g.geom_type == "Polygon" and g.area > 0)
+        eps = 1e-9
+        top = [p for p in polys if p.bounds[1] <= core0 + eps]
+        rest = [p for p in polys if p.bounds[1] > core0 + eps]
+        merged = []
+        if self.open or top:
+            u = union_all(self.open + top)
+            merged = [g for g in getattr(u, "geoms", [u]) if g.geom_type == "Polygon" and not g.is_empty]
+        still_open = []
+        for p in merged + rest:
+            if p.bounds[3] >= core1 - eps and core1 < self.height:
+                still_open.append(p)
+            else:
+                self.on_polygon(p)
+        self.open = still_open
+
+
+class ObjectTable:
+    """Measurements streamed to CSV; converted to parquet in batches at :meth:`close` (pyarrow)."""
+
+    def __init__(self, csv_path: Path) -> None:
+        self.csv_path = Path(csv_path)
+        self._f = open(self.csv_path, "w", newline="", encoding="utf-8")
+        self._w = csv.DictWriter(self._f, fieldnames=COLUMNS)
+        self._w.writeheader()
+        self.rows = 0
+
+    def add(self, row: dict) -> None:
+        self._w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
+        self.rows += 1
+
+    def close(self, parquet_path: Path | None = None) -> Path | None:
+        self._f.close()
+        if parquet_path is None:
+            return None
+        try:
+            import pyarrow as pa
+            import pyarrow.csv as pacsv
+            import pyarrow.parquet as pq
+        except ImportError:
+            return None
+        types = {c: pa.float64() for c in COLUMNS}
+        types.update(object_id=pa.int64(), prompt=pa.string())
+        reader = pacsv.open_csv(self.csv_path, convert_options=pacsv.ConvertOptions(column_types=types))
+        with pq.ParquetWriter(parquet_path, reader.schema) as w:
+            for batch in reader:
+                w.write_batch(batch)
+        return parquet_path
