@@ -170,7 +170,12 @@ def sample_rows(sample: SourceSample, ctx: _Context, onto: Ontology, item: str) 
         else:
             scale = 1.0
     H, W = image.shape[:2]
-    chains = {c: [c, *onto.ancestors(c)] for c in cats}
+    chains = {}
+    for c in cats:  # the category, its ancestors, and (with region_variants) the ancestors' organ variants
+        chain = [c, *onto.ancestors(c)]
+        if o["region_variants"]:
+            chain += [v for a in chain[1:] for v in [onto.variant(a, region)] if v is not None and v not in chain]
+        chains[c] = chain
     split = normalize_split(sample.split)
     for (x0, y0, x1, y1) in tile_boxes(H, W, int(o["tile"]), int(o["overlap"])):
         fine: dict[str, tuple[np.ndarray, bool, list[str]]] = {}
