@@ -178,7 +178,8 @@ def load_model(spec: str, device: str | None = None):
     try:
         model = from_pretrained(spec, device=device)
     except (WeightsNotFoundError, CheckpointError, ConfigError, OSError) as e:
-        raise RunError(f"Cannot load model '{spec}':\n{e}") from None
+        raise RunError(f"Cannot load model '{spec}':\n{e}\nOr choose another model with --model NAME_OR_DIR "
+                       f"(see 'pathsegmentor list-models').") from None
     model.eval()
     return model, _weights_location(spec)
 
