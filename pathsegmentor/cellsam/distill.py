@@ -305,7 +305,7 @@ class TeacherCache:
     in the metadata), under ``root/<teacher fingerprint>/``. Writes are atomic (tmp + rename).
 
     :meth:`embeddings` returns the batch's embeddings, running ``teacher_fn`` only on the tiles not yet
-    cached; ``hits``/``misses`` count tiles, ``teacher_calls`` counts teacher forwards.
+    cached; ``hits``/``misses`` count distinct tiles per batch, ``teacher_calls`` teacher forwards.
     """
 
     def __init__(self, root: str | Path | None, fingerprint: str, dtype: str = "float32") -> None:
@@ -353,18 +353,22 @@ class TeacherCache:
         """``pixels [B, 3, S, S]`` normalised; returns float ``[B, C, h, w]`` on ``pixels.device``."""
         import torch
 
-        found = [self.get(k) for k in keys]
-        missing = [i for i, e in enumerate(found) if e is None]
-        self.hits += len(keys) - len(missing)
+        found: dict[str, Any] = {}
+        for k in keys:
+            if k not in found:
+                found[k] = self.get(k)
+        missing = [k for k, e in found.items() if e is None]  # unique tiles: a repeat in the batch runs once
+        self.hits += len(found) - len(missing)
         self.misses += len(missing)
         if missing:
+            rows = [list(keys).index(k) for k in missing]
             with torch.no_grad():
-                emb = teacher_fn(pixels[missing])
+                emb = teacher_fn(pixels[rows])
             self.teacher_calls += 1
-            for j, i in enumerate(missing):
-                found[i] = emb[j]
-                self.put(keys[i], emb[j])
-        return torch.stack([e.to(pixels.device, torch.float32) for e in found])
+            for j, k in enumerate(missing):
+                found[k] = emb[j]
+                self.put(k, emb[j])
+        return torch.stack([found[k].to(pixels.device, torch.float32) for k in keys])
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -171,15 +171,15 @@ def load_teacher_checkpoint(model: nn.Module, path: str | Path) -> list[str]:
     state = safe_torch_load(path)
     own = model.state_dict()
     mapped: dict[str, torch.Tensor] = {}
-    unexpected: list[str] = []
+    unexpected: list[str] = []  # checkpoint key names (with the model key they were mapped to)
     for k, v in state.items():
-        if k.startswith("image_encoder."):
-            mapped[TEACHER_PREFIX + k[len("image_encoder."):]] = v
-        elif k.startswith(_SAM_DECODER_PREFIXES):
-            mapped[k] = v
-        else:
+        target = TEACHER_PREFIX + k[len("image_encoder."):] if k.startswith("image_encoder.") else k
+        if not k.startswith(("image_encoder.",) + _SAM_DECODER_PREFIXES):
             unexpected.append(k)
-    unexpected += [k for k in mapped if k not in own and k not in unexpected]
+        elif target not in own:
+            unexpected.append(k if target == k else f"{k} (-> {target})")
+        else:
+            mapped[target] = v
     shape = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
              for k, v in mapped.items() if k in own and own[k].shape != v.shape]
     missing = [k for k in own if (k.startswith(TEACHER_PREFIX) or
@@ -193,5 +193,5 @@ def load_teacher_checkpoint(model: nn.Module, path: str | Path) -> list[str]:
             f"{TEACHER_PREFIX}*):\n  unexpected keys: {unexpected[:20]}\n  missing keys: {missing[:20]}\n"
             f"  shape mismatches: {shape[:10]}\n  Use the checkpoint of the teacher's variant (vit_b: "
             f"sam_vit_b_01ec64.pth, vit_l: sam_vit_l_0b3195.pth, vit_h: sam_vit_h_4b8939.pth).")
-    model.load_state_dict({k: v for k, v in mapped.items()}, strict=False)
+    model.load_state_dict(mapped, strict=False)
     return [k for k in own if k not in mapped]
