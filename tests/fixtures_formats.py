@@ -164,8 +164,6 @@ def write_cryonuseg(root: Path, size: int = 64) -> dict:
         write_tif(root / "tissue images" / f"{stem}.tif", rgb(size, size, seed=k), photometric="rgb")
         write_tif(root / CRYO_A1 / CRYO_A1 / "label masks modify" / f"{stem}.tif",
                   instances((size, size), rects, start=1, dtype=np.uint16))
-        write_tif(root / CRYO_A1 / CRYO_A1 / "mask binary" / f"{stem}.png".replace(".png", ".tif"),
-                  (instances((size, size), rects) > 0).astype(np.uint8) * 255)
         # annotator 2 outlines one more nucleus
         write_tif(root / CRYO_A2 / CRYO_A2 / "label masks modify" / f"{stem}.tif",
                   instances((size, size), rects + [(50, 50, 4, 4)], start=1, dtype=np.uint16))

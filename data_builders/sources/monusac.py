@@ -8,8 +8,8 @@ Layout read (training and testing downloads), one folder per patient::
 
 XML (Aperio ImageScope layout): ``<Annotations><Annotation><Attributes><Attribute Name="Epithelial"/></Attributes>
 <Regions><Region><Vertices><Vertex X= Y=/>...``; one ``<Annotation>`` per class, one ``<Region>`` per nucleus.
-``Ambiguous`` regions become the ``ignore`` mask. Split: "test" when a folder of the path names the test download,
-"train" for the training download, else None. Patient: the TCGA barcode (first 12 characters).
+``Ambiguous`` regions become the ``ignore`` mask. Split: "test" when a folder of the path names the test download
+("MoNuSAC Testing Data and Annotations"), else "train" (the training download, "MoNuSAC_images_and_annotations"). Patient: the TCGA barcode (first 12 characters).
 """
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ class MoNuSAC(SourceAdapter):
             maps[name][rr, cc] = counts[name]
         masks = {c: m for c, m in maps.items() if m.any()}
         parts = [p.lower() for p in Path(item).parts[:-1]]
-        split = "test" if any("test" in p for p in parts) else "train" if any("train" in p for p in parts) else None
+        split = "test" if any("test" in p for p in parts) else "train"
         stem = xml.stem
         yield SourceSample(
             sample_id=stem, patient_id=stem[:12] if stem.startswith("TCGA-") else xml.parent.name,

@@ -9,7 +9,8 @@ Layout read (one extracted archive per antibody)::
 
 The source class is the antibody folder. Each image is annotated for its own antibody only: an empty mask is a
 true negative for that class and says nothing about the others, so the mapping table lists no source-wide
-exhaustive category; ``meta["annotated"]`` names the one class each sample is exhaustive for. Where a
+exhaustive category; each sample's ``exhaustive`` names the one category (from ``sources/segpath.yaml``) its
+mask is complete for, and ``meta["annotated"]`` its antibody. Where a
 ``*.csv`` beside the images has ``filename`` and ``train_val_test`` (or ``split``) columns, that split is used.
 """
 from __future__ import annotations
@@ -26,6 +27,25 @@ from ..masks import check_size, read_mask, read_rgb
 ANTIBODIES = ("PanCK_Epithelium", "aSMA_SmoothMuscle", "CD235a_RBC", "CD45RB_Leukocyte", "CD3CD20_Lymphocyte",
               "ERG_Endothelium", "MIST1_PlasmaCell", "MNDA_MyeloidCell")
 _SPLITS = {"train": "train", "val": "validation", "valid": "validation", "validation": "validation", "test": "test"}
+
+
+def category_of(antibody: str) -> str:
+    """The ontology category ``sources/segpath.yaml`` maps an antibody to (the antibody name when unmapped)."""
+    global _CATEGORIES
+    if _CATEGORIES is None:
+        import yaml
+
+        from ..ontology import DEFAULT_DIR
+
+        try:
+            _CATEGORIES = dict((yaml.safe_load((DEFAULT_DIR / "sources" / "segpath.yaml").read_text()) or {})
+                               .get("classes") or {})
+        except OSError:
+            _CATEGORIES = {}
+    return _CATEGORIES.get(antibody) or antibody
+
+
+_CATEGORIES: dict | None = None
 
 
 def antibody_of(path: Path) -> str | None:
@@ -87,4 +107,5 @@ class SegPath(SourceAdapter):
         yield SourceSample(
             sample_id=stem, patient_id=stem, image=image, masks={cls: binary} if binary.any() else {},
             has_instances={c: False for c in self.classes}, mpp=float(self.options.get("mpp") or self.default_mpp),
-            split=self.options.get("split", split), meta={"annotated": [cls], "antibody": cls})
+            split=self.options.get("split", split), exhaustive=[category_of(cls)],
+            meta={"annotated": [cls], "antibody": cls})
