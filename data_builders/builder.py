@@ -428,6 +428,19 @@ def build(sources: dict[str, Any], out: str | Path, *, num_proc: int = 1, progre
             adapters[s.name] = get_source(s.adapter)(s.root, **s.options)
         except (KeyError, FileNotFoundError, ValueError) as e:
             problems.append(f"source '{s.name}': {e.args[0] if e.args else e}")
+    items: dict[str, list[str]] = {}
+    for s in specs:
+        if s.name not in adapters:
+            continue
+        try:
+            _resolve_mapping(s, onto, adapters[s.name])
+            items[s.name] = adapters[s.name].list_items()
+            if not items[s.name]:
+                problems.append(f"source '{s.name}': no items found under '{s.root}'")
+        except SourceFormatError as e:
+            problems.append(f"source '{s.name}': {e}")
+        except BuildError as e:
+            problems.append(str(e))
     if problems:
         raise BuildError("build refused:\n  " + "\n  ".join(problems))
 
@@ -453,7 +466,8 @@ def build(sources: dict[str, Any], out: str | Path, *, num_proc: int = 1, progre
 
     summaries = {}
     for s in specs:
-        summaries[s.name] = _build_source(s, adapters[s.name], onto, opts, staging, str(ont_work), num_proc, progress)
+        summaries[s.name] = _build_source(s, adapters[s.name], items[s.name], onto, opts, staging, str(ont_work),
+                                          num_proc, progress)
     _finalize(specs, summaries, onto, opts, config, key, staging, out, progress)
     return out
 
@@ -463,8 +477,8 @@ def _log(progress: bool, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def _build_source(spec: SourceSpec, adapter, onto: Ontology, opts: dict, staging: Path, ont_work: str,
-                  num_proc: int, progress: bool) -> dict:
+def _build_source(spec: SourceSpec, adapter, items: list[str], onto: Ontology, opts: dict, staging: Path,
+                  ont_work: str, num_proc: int, progress: bool) -> dict:
     """Process every item of one source into staging shards (resuming finished items); return its summary."""
     sdir = staging / "sources" / spec.name
     done = sdir / "done.json"
@@ -472,12 +486,6 @@ def _build_source(spec: SourceSpec, adapter, onto: Ontology, opts: dict, staging
         _log(progress, f"pathseg-build: {spec.name}: already built in staging, skipped (resume)")
         return json.loads(done.read_text())
     class_map, exhaustive, table = _resolve_mapping(spec, onto, adapter)
-    try:
-        items = adapter.list_items()
-    except SourceFormatError as e:
-        raise BuildError(f"build refused: source '{spec.name}': {e}") from None
-    if not items:
-        raise BuildError(f"build refused: source '{spec.name}': no items found under '{spec.root}'")
     if opts["limit"]:
         items = items[: int(opts["limit"])]
     ctx = _Context(source=spec.name, adapter=spec.adapter, root=spec.root, adapter_options=dict(spec.options),

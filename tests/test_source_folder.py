@@ -59,6 +59,7 @@ def test_consep_codes_map_like_the_consep_adapter():
     onto = Ontology.load()
     table = onto.mapping("consep")
     assert {int(k): onto.resolve(v) for k, v in lm.items()} == {c: table[n] for c, n in TYPE_CODES.items()}
+    assert sorted(recipe["sources"]["consep"]["exhaustive"]) == sorted(onto.exhaustive("consep"))
 
 
 def test_bad_inputs(tmp_path):
