@@ -130,6 +130,7 @@ def test_digestpath(tmp_path):
     assert abs(_px(pos)["lesion"] - ff.area([spec["rect"]])) <= 40  # JPEG mask, thresholded at 127
     assert pos.patient_id == "18-00530A" and pos.organ == "colon"
     assert neg.masks == {} and neg.meta["negative_image"] and neg.patient_id == "D20190441101"
+    assert list(_samples("digestpath", tmp_path / "tissue-train-pos-v1")) == [spec["pos"]]  # root = one folder
     (tmp_path / "tissue-train-pos-v1" / f"{spec['pos']}_mask.jpg").unlink()
     with pytest.raises(SourceFormatError, match=r"no mask: expected .*_mask\.jpg"):
         _samples("digestpath", tmp_path)
@@ -182,6 +183,13 @@ def test_paip2019_bad_masks(tmp_path):
     (e["dir"] / f"{e['case']}_viable.tif").unlink()
     with pytest.raises(SourceFormatError, match=r"no viable mask"):
         list(ad.load_item(item))
+
+
+# ------------------------------------------------------------------------------------------------ all adapters
+@pytest.mark.parametrize("name", MINE)
+def test_empty_folder_names_the_expected_layout(tmp_path, name):
+    with pytest.raises(SourceFormatError, match=r"expected"):
+        get_source(name)(tmp_path).list_items()
 
 
 # ------------------------------------------------------------------------------------------------ mapping tables

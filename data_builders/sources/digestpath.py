@@ -35,7 +35,7 @@ class DigestPath(SourceAdapter):
     def list_items(self) -> list[str]:
         items = sorted(str(p.relative_to(self.root)) for p in self.root.rglob("*")
                        if p.is_file() and p.suffix.lower() in EXTS and not p.stem.endswith("_mask")
-                       and "tissue" in str(p.relative_to(self.root)).lower())
+                       and "tissue" in str(p).lower())
         if not items:
             raise SourceFormatError(self.root, "no images found; expected tissue-train-pos-v1/*.jpg (+ *_mask.jpg) and "
                                                "tissue-train-neg/*.jpg")
