@@ -170,6 +170,19 @@ def test_paip2019_tiles_skip_background_and_stream(tmp_path, monkeypatch):
     assert len(every) == 9 and every[f"{case}_x000256_y000256"].image.shape == (64, 32, 3)
 
 
+def test_paip2019_uncompressed_single_strip_mask(tmp_path):
+    import tifffile
+
+    e = ff.write_paip2019(tmp_path)
+    path = e["dir"] / f"{e['case']}_whole.tif"
+    ff.write_tif(path, e["whole"], rowsperstrip=e["whole"].shape[0])  # one strip, no compression
+    with tifffile.TiffFile(str(path)) as t:
+        assert t.pages[0].is_memmappable and len(t.pages[0].dataoffsets) == 1
+    got = _samples("paip2019", tmp_path, tile=128)
+    s = got[f"{e['case']}_x000128_y000000"]
+    assert np.array_equal(s.masks["whole_tumor"], e["whole"][0:128, 128:256].astype(np.int32))
+
+
 def test_paip2019_bad_masks(tmp_path):
     e = ff.write_paip2019(tmp_path)
     ff.write_tif(e["dir"] / f"{e['case']}_viable.tif", np.zeros((100, 100), np.uint8))

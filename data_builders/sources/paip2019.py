@@ -8,7 +8,7 @@ Layout read (the challenge release; one folder or zip per case, extracted)::
     01_01_0083_viable.tif
 
 Slides are never decoded whole: level 0 and the masks are read region by region (the TIFF tiles or strips that
-overlap a region are decoded, nothing else), and one sample is emitted per ``tile`` x ``tile`` region (option
+overlap a region are decoded, nothing else; uncompressed masks are memory-mapped), and one sample is emitted per ``tile`` x ``tile`` region (option
 ``tile``, default 1024; edge tiles are smaller). Background tiles are skipped: tissue is found on the slide's
 smallest pyramid level (pixels whose RGB saturation max-min is >= ``tissue_saturation``, default 20) and a tile is
 kept when at least ``min_tissue`` (default 0.05) of it is tissue; a slide without a pyramid is judged tile by tile.
@@ -55,8 +55,14 @@ class TiffRegionReader:
         else:
             self.th, self.tw = min(int(p.rowsperstrip or self.height), self.height), self.width
         self.ntx = math.ceil(self.width / self.tw)
+        self._mm = None
+        if p.is_memmappable:  # uncompressed, contiguous: slice a memory map instead of decoding whole strips
+            self._mm = np.memmap(str(path), dtype=p.dtype.newbyteorder(self.tif.byteorder), mode="r",
+                                 offset=int(p.dataoffsets[0]), shape=tuple(p.shaped[-3:-1]) + (
+                                     (self.samples,) if self.samples > 1 else ()))
 
     def close(self) -> None:
+        self._mm = None
         self.tif.close()
 
     def __enter__(self):
@@ -74,6 +80,8 @@ class TiffRegionReader:
         p, fh = self.page, self.tif.filehandle
         h, w = min(h, self.height - y0), min(w, self.width - x0)
         shape = (h, w) if self.samples == 1 else (h, w, self.samples)
+        if self._mm is not None:
+            return np.array(self._mm[y0:y0 + h, x0:x0 + w])
         out = np.zeros(shape, p.dtype)
         try:
             for ty in range(y0 // self.th, (y0 + h - 1) // self.th + 1):
