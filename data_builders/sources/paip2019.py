@@ -56,6 +56,7 @@ class TiffRegionReader:
             self.th, self.tw = min(int(p.rowsperstrip or self.height), self.height), self.width
         self.ntx = math.ceil(self.width / self.tw)
         self._mm = None
+        self._cache: dict[int, tuple] = {}
         if p.is_memmappable:  # uncompressed, contiguous: slice a memory map instead of decoding whole strips
             self._mm = np.memmap(str(path), dtype=p.dtype.newbyteorder(self.tif.byteorder), mode="r",
                                  offset=int(p.dataoffsets[0]), shape=tuple(p.shaped[-3:-1]) + (
@@ -83,22 +84,29 @@ class TiffRegionReader:
         if self._mm is not None:
             return np.array(self._mm[y0:y0 + h, x0:x0 + w])
         out = np.zeros(shape, p.dtype)
+        used: dict[int, tuple] = {}
         try:
             for ty in range(y0 // self.th, (y0 + h - 1) // self.th + 1):
                 for tx in range(x0 // self.tw, (x0 + w - 1) // self.tw + 1):
                     idx = ty * self.ntx + tx
                     if not p.databytecounts[idx]:
                         continue
-                    fh.seek(p.dataoffsets[idx])
-                    seg, index, _ = p.decode(fh.read(p.databytecounts[idx]), idx, jpegtables=p.jpegtables)
-                    seg = np.asarray(seg).reshape(np.asarray(seg).shape[-3:])  # [rows, cols, samples]
-                    sy, sx = int(index[-3]), int(index[-2])
+                    if idx in self._cache:
+                        seg, sy, sx = self._cache[idx]
+                    else:
+                        fh.seek(p.dataoffsets[idx])
+                        seg, index, _ = p.decode(fh.read(p.databytecounts[idx]), idx, jpegtables=p.jpegtables)
+                        seg = np.asarray(seg).reshape(np.asarray(seg).shape[-3:])  # [rows, cols, samples]
+                        sy, sx = int(index[-3]), int(index[-2])
+                    used[idx] = (seg, sy, sx)
                     ya, yb = max(y0, sy), min(y0 + h, sy + seg.shape[0])
                     xa, xb = max(x0, sx), min(x0 + w, sx + seg.shape[1])
                     if ya >= yb or xa >= xb:
                         continue
                     block = seg[ya - sy:yb - sy, xa - sx:xb - sx]
                     out[ya - y0:yb - y0, xa - x0:xb - x0] = block[..., 0] if self.samples == 1 else block
+            # strips wider than a tile are shared by the next tile of the row: keep this read's segments
+            self._cache = used if not p.is_tiled else {}
         except SourceFormatError:
             raise
         except Exception as e:
