@@ -11,7 +11,6 @@ Split: ``train`` -> "train"; ``valid`` is the held-out set the MILD-Net paper re
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterator
 
 from ..base import SourceAdapter, SourceFormatError, SourceSample, register_source

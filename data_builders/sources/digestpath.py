@@ -12,7 +12,6 @@ records them as true negatives. Patient: the slide id before the first ``_``.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
