@@ -87,7 +87,7 @@ def outer_polygon(mask: np.ndarray, offset_rc: tuple[float, float] = (0.0, 0.0))
     if len(c) < 4:
         return None
     xy = np.stack([c[:, 1] - 0.5 + offset_rc[1], c[:, 0] - 0.5 + offset_rc[0]], axis=1)
-    p = Polygon(xy)
+    p = Polygon(xy).simplify(0)  # drops collinear vertices only
     if not p.is_valid:
         p = p.buffer(0)
         if p.geom_type == "MultiPolygon":

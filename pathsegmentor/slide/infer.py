@@ -379,7 +379,7 @@ def _finish(model, reader, grid: WorkGrid, plan: BandPlan, store: PartStore, pro
     tissue_px = [0]
     stats: list[PromptStats] = []
     masks: dict[str, Path] = {}
-    md = max(2, round(2.5 / grid.mpp_x))  # ~2.5 µm between nucleus seeds
+    h_px = max(1.0, 0.75 / grid.mpp_x)  # seeds must stand ~0.75 µm above the neck between nuclei
     min_area = max(4, round(3.0 / (grid.mpp_x * grid.mpp_y)))  # ~3 µm²
     try:
         for p, prompt in enumerate(prompts):
@@ -395,7 +395,7 @@ def _finish(model, reader, grid: WorkGrid, plan: BandPlan, store: PartStore, pro
 
                 analyzer = InstanceAnalyzer(prompt, geometry=geo, read_rgb=grid.read, next_id=next_id,
                                             on_object=on_object, want_polygons=gj is not None,
-                                            margin=64, min_distance=md, min_area=min_area)
+                                            margin=64, h=h_px, min_area=min_area)
             elif gj is not None:
                 def on_polygon(poly, prompt=prompt, color=color, st=st):
                     area_um2 = poly.area * grid.mpp_x * grid.mpp_y

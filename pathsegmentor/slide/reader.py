@@ -183,7 +183,8 @@ class TiffSlide(SlideReader):
     def _open(self) -> None:
         tif = self._tif
         if not tif.series:
-            raise SlideError(f"'{self.path}' holds no image data.")
+            raise SlideError(f"'{self.path}' holds no image data: not a whole-slide image (a corrupt or "
+                             f"truncated TIFF?). Check the file, or re-export it from the scanner software.")
         series = tif.series[0]
         pages = []
         for lv in series.levels:

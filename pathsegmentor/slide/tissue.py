@@ -52,7 +52,7 @@ class TissueMap:
         from scipy import ndimage as ndi
 
         self.mask = np.asarray(self.mask, bool)
-        self.skip_mask = (ndi.binary_dilation(self.mask, iterations=self.margin)
+        self.skip_mask = (ndi.binary_dilation(self.mask, structure=np.ones((3, 3), bool), iterations=self.margin)
                           if self.margin and self.mask.any() else self.mask)
         th, tw = self.mask.shape
         self._fy, self._fx = th / self.height, tw / self.width
