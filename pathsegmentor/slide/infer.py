@@ -436,7 +436,14 @@ def _finish(model, reader, grid: WorkGrid, plan: BandPlan, store: PartStore, pro
     if table is not None:
         parquet = table.close(final / "objects.parquet")
     Image.fromarray((tmask * 255).astype(np.uint8)).save(final / "tissue.png")
-    info = {"slide": str(reader.path), "model": model.name, "prompts": prompts,
+    processes = []
+    for f in sorted(partial.glob("progress-rank*.json")):
+        try:
+            d = json.loads(f.read_text())
+            processes.append({"rank": d["rank"], "world": d["world"], "bands_this_run": len(d["bands_done"])})
+        except (OSError, json.JSONDecodeError, KeyError):
+            pass
+    info = {"slide": str(reader.path), "model": model.name, "prompts": prompts, "processes": processes,
             "level": grid.level.index, "levels": [lv.describe() for lv in reader.levels],
             "slide_mpp": reader.mpp, "mpp_source": reader.mpp_source,
             "model_mpp": float(model.config.preprocess.mpp), "work_mpp": [grid.mpp_x, grid.mpp_y],
