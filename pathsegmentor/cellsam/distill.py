@@ -416,11 +416,11 @@ def build_distill_model(cfg: DistillConfig):
         raise ConfigError(f"model.name '{m.name}' is not a CellSAM model (image_encoder.type 'dual'); distillation "
                           f"needs a teacher and a student. CellSAM variants: cellsam-test, cellsam-vit-b.")
     if m.init_from:
-        src = Path(m.init_from)
+        src = Path(m.init_from).expanduser()
         if src.suffix in (".pth", ".pt"):
             load_sam_checkpoint(model, src)
         else:
-            model.load_state_dict(from_pretrained(m.init_from).state_dict(), strict=False)
+            model.load_state_dict(from_pretrained(str(src)).state_dict(), strict=False)
     return model
 
 
