@@ -75,9 +75,14 @@ def to_output(probs: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def band_arrays(plan: BandPlan, band: Band, sums: np.ndarray, weight: np.ndarray, dtype: str) -> dict[str, np.ndarray]:
-    """Split a band canvas (``sums [P, hi-lo, W]``, ``weight [hi-lo, W]``) into the stored parts."""
+    """Split a band canvas (``sums [P, hi-lo, W]``, ``weight [hi-lo, W]``) into the stored parts,
+    cropped to the columns that were predicted (``x0``/``x1``; elsewhere all zero)."""
     lo = band.lo
-    out: dict[str, np.ndarray] = {"top_w": weight[:band.a - lo], "bot_w": weight[band.c - lo:]}
+    cols = np.flatnonzero(weight.any(axis=0))
+    x0, x1 = (int(cols[0]), int(cols[-1]) + 1) if cols.size else (0, 0)
+    sums, weight = sums[:, :, x0:x1], weight[:, x0:x1]
+    out: dict[str, np.ndarray] = {"top_w": weight[:band.a - lo], "bot_w": weight[band.c - lo:],
+                                  "span": np.array([x0, x1], np.int64)}
     mid_w = np.maximum(weight[band.a - lo:band.c - lo], 1e-12)
     for p in range(sums.shape[0]):
         out[f"top_{p}"] = sums[p, :band.a - lo]
@@ -180,23 +185,43 @@ def rechunk(rows: Iterator[tuple[int, np.ndarray]], size: int) -> Iterator[tuple
 class PartStore:
     """Band part files ``band_XXXXXX.npz`` in a folder, written atomically (tmp + rename)."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = Path(folder)
-
     def path(self, index: int) -> Path:
         return self.folder / f"band_{index:06d}.npz"
 
     def done(self, index: int) -> bool:
         return self.path(index).exists()
 
+    def __init__(self, folder: Path, width: int | None = None) -> None:
+        self.folder = Path(folder)
+        self.width = width
+
     def save(self, index: int, arrays: dict[str, np.ndarray]) -> None:
+        """An ``.npz`` (readable by ``np.load``) deflated at level 1: fast on dense predictions,
+        still tiny on background."""
         import os
+        import zipfile
 
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.folder / f".band_{index:06d}.{os.getpid()}.tmp.npz"
-        np.savez_compressed(tmp, **arrays)
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+            for k, a in arrays.items():
+                with zf.open(f"{k}.npy", "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.asanyarray(a), allow_pickle=False)
         os.replace(tmp, self.path(index))
 
     def load(self, index: int, keys: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Stored arrays; row arrays come back full width (zeros outside the stored column span)."""
         with np.load(self.path(index)) as z:
-            return {k: z[k] for k in (keys if keys is not None else z.files)}
+            d = {k: z[k] for k in (keys if keys is not None else z.files)}
+            span = z["span"] if "span" in z.files else None
+        if span is None or self.width is None:
+            return d
+        x0, x1 = int(span[0]), int(span[1])
+        if (x0, x1) == (0, self.width):
+            return d
+        for k, a in d.items():
+            if a.ndim == 2 and k != "span":
+                full = np.zeros((a.shape[0], self.width), a.dtype)
+                full[:, x0:x1] = a
+                d[k] = full
+        return d

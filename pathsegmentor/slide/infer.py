@@ -275,7 +275,7 @@ def segment_slide(model, path: str | Path, prompts: str | Sequence[str], out: st
         tmask = tissue_mask(thumb) if tissue else np.ones(thumb.shape[:2], bool)
         tmap = TissueMap(tmask, grid.height, grid.width, margin=1 if tissue else 0)
 
-        store = PartStore(partial / "parts")
+        store = PartStore(partial / "parts", width=grid.width)
         mine = [b for b in bands_for_rank(len(plan), procs.rank, procs.world) if not store.done(b)]
         text_emb = model.encode_text(prompts)
         n_tiles = len(mine) * len(plan.xs) * rows_per_band

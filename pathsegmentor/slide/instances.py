@@ -33,7 +33,7 @@ def split_instances(mask: np.ndarray, *, h: float = 1.5, min_area: int = 4) -> n
     mask = np.asarray(mask, bool)
     if not mask.any():
         return np.zeros(mask.shape, np.int32)
-    dist = ndi.distance_transform_edt(mask)
+    dist = ndi.distance_transform_edt(mask).astype(np.float32)
     markers, n = ndi.label(h_maxima(dist, h) > 0, structure=np.ones((3, 3), bool))
     comps, _ = ndi.label(mask)
     seeded = np.zeros(comps.max() + 1, bool)
@@ -115,10 +115,11 @@ class InstanceAnalyzer:
 
     def __init__(self, prompt: str, *, geometry: Geometry, read_rgb: Callable[[int, int, int, int], np.ndarray],
                  next_id: Callable[[], int], on_object: Callable[[dict, object], None],
-                 want_polygons: bool, margin: int = 64, h: float = 1.5, min_area: int = 4) -> None:
+                 want_polygons: bool, margin: int = 64, h: float = 1.5, min_area: int = 4,
+                 block: int = 1024) -> None:
         self.prompt, self.g, self.read_rgb = prompt, geometry, read_rgb
         self.next_id, self.on_object, self.want_polygons = next_id, on_object, want_polygons
-        self.h, self.min_area = h, min_area
+        self.h, self.min_area, self.block = h, min_area, block
         self.count = 0
         self._look = Lookahead(margin, self._process)
 
@@ -129,34 +130,46 @@ class InstanceAnalyzer:
         self._look.finish()
 
     def _process(self, core0: int, core1: int, rows) -> None:
-        from skimage.color import rgb2hed
-        from skimage.measure import regionprops
-
         m = self._look.margin
         w0, window = rows(core0 - m, core1 + m)
         if window.size == 0 or not window.any():
             return
+        # column blocks with the same margin and centroid rule, so memory follows the block, not the slide width
+        cols = np.flatnonzero(window.any(axis=0))
+        width = window.shape[1]
+        for b0 in range(int(cols[0]) // self.block * self.block, int(cols[-1]) + 1, self.block):
+            b1 = min(width, b0 + self.block)
+            x0, x1 = max(0, b0 - m), min(width, b1 + m)
+            sub = window[:, x0:x1]
+            if sub.any():
+                self._block(core0, core1, w0, x0, b0, b1, sub)
+
+    def _block(self, core0: int, core1: int, w0: int, x0: int, b0: int, b1: int, window: np.ndarray) -> None:
+        from skimage.color import rgb2hed
+        from skimage.measure import regionprops
+
         labels = split_instances(window, h=self.h, min_area=self.min_area)
         kept = []
         for prop in regionprops(labels):
             cy = prop.centroid[0] + 0.5 + w0  # corner coordinates of the centroid
-            if core0 <= cy < core1:
-                kept.append((prop, cy))
+            cx = prop.centroid[1] + 0.5 + x0
+            if core0 <= cy < core1 and b0 <= cx < b1:
+                kept.append((prop, cy, cx))
         if not kept:
             return
-        r_lo = min(p.bbox[0] for p, _ in kept)
-        r_hi = max(p.bbox[2] for p, _ in kept)
-        c_lo = min(p.bbox[1] for p, _ in kept)
-        c_hi = max(p.bbox[3] for p, _ in kept)
-        hed = rgb2hed(self.read_rgb(w0 + r_lo, w0 + r_hi, c_lo, c_hi))
+        r_lo = min(p.bbox[0] for p, _, _ in kept)
+        r_hi = max(p.bbox[2] for p, _, _ in kept)
+        c_lo = min(p.bbox[1] for p, _, _ in kept)
+        c_hi = max(p.bbox[3] for p, _, _ in kept)
+        hed = rgb2hed(self.read_rgb(w0 + r_lo, w0 + r_hi, x0 + c_lo, x0 + c_hi))
         g = self.g
         px_area, px_len = g.mpp_x * g.mpp_y, math.sqrt(g.mpp_x * g.mpp_y)
-        for prop, cy in kept:
+        for prop, cy, cx in kept:
             r0, c0, r1, c1 = prop.bbox
             obj = prop.image
             sub = hed[r0 - r_lo:r1 - r_lo, c0 - c_lo:c1 - c_lo]
             row = {"object_id": self.next_id(), "prompt": self.prompt,
-                   "centroid_x": (prop.centroid[1] + 0.5) * g.sx, "centroid_y": cy * g.sy,
+                   "centroid_x": cx * g.sx, "centroid_y": cy * g.sy,
                    "area_um2": float(prop.area) * px_area, "perimeter_um": float(prop.perimeter) * px_len,
                    "eccentricity": float(prop.eccentricity), "solidity": float(prop.solidity),
                    "mean_hematoxylin": float(sub[..., 0][obj].mean()), "mean_eosin": float(sub[..., 1][obj].mean())}
@@ -164,7 +177,7 @@ class InstanceAnalyzer:
             if self.want_polygons:
                 from .geojson import outer_polygon
 
-                poly = outer_polygon(obj, (w0 + r0, c0))
+                poly = outer_polygon(obj, (w0 + r0, x0 + c0))
                 poly = g.to_level0(poly) if poly is not None else None
             self.count += 1
             self.on_object(row, poly)

@@ -9,10 +9,14 @@ import numpy as np
 
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
-    """HSV saturation ``float32 [H, W]`` in [0, 1] of ``uint8 [H, W, 3]``."""
-    a = rgb.astype(np.float32)
-    mx, mn = a.max(axis=2), a.min(axis=2)
-    return np.where(mx > 0, (mx - mn) / np.maximum(mx, 1.0), 0.0).astype(np.float32)
+    """HSV saturation ``float32 [H, W]`` in [0, 1] of ``uint8 [H, W, 3]`` (computed in row blocks)."""
+    out = np.empty(rgb.shape[:2], np.float32)
+    for y in range(0, rgb.shape[0], 256):
+        blk = rgb[y:y + 256]
+        mx = blk.max(axis=2).astype(np.float32)
+        mn = blk.min(axis=2).astype(np.float32)
+        out[y:y + 256] = (mx - mn) / np.maximum(mx, 1.0)
+    return out
 
 
 def tissue_mask(thumb: np.ndarray, *, min_saturation: float = 0.05, dark: int = 40) -> np.ndarray:
