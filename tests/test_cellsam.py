@@ -313,3 +313,23 @@ def test_paper_metrics_by_hand():
     assert r["mean"] == pytest.approx({"accuracy": (6 / 8 + 1) / 2, "recall": (2 / 3 + 1) / 2,
                                        "precision": (2 / 3 + 1) / 2, "dice": (4 / 6 + 1) / 2})
     assert r["pooled"] == pytest.approx({"accuracy": 14 / 16, "recall": 2 / 3, "precision": 2 / 3, "dice": 4 / 6})
+
+
+@pytest.mark.slow
+def test_distillation_resume_is_exact(tmp_path):
+    _need_shared_data()
+    from safetensors.torch import load_file
+
+    def run(out: str, steps: int, *flags: str) -> int:
+        return distill_main(["--config", str(DISTILL_TEST), "--output-dir", str(tmp_path / out), *flags,
+                             f"cache.dir={tmp_path / 'cache'}", "data.max_tiles=8", "data.holdout_max_tiles=2",
+                             "train.save_every=2", f"train.steps={steps}"])  # constant LR in this recipe
+
+    assert run("straight", 4) == 0
+    assert run("split", 2) == 0
+    assert run("split", 4, "--resume") == 0
+    a = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "split" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # without --resume an output dir holding checkpoints is refused
+    assert run("split", 4) == 2
