@@ -40,7 +40,7 @@ CORPUS_ENTRIES = ("images", "triples", "report", "ontology.yaml", "manifest.json
 DEFAULTS: dict[str, Any] = dict(tile=1024, overlap=0, mpp=None, val_fraction=0.2, test_fraction=0.0, seed=0,
                                 emit_ancestors=True, region_variants=True, drop_empty=True, min_tissue=0.05,
                                 limit=None)
-ROWS_PER_ROW_GROUP = 32
+ROWS_PER_ROW_GROUP = 8  # image rows are ~1 MB: small row groups keep memory flat
 
 
 class BuildError(RuntimeError):
@@ -279,7 +279,27 @@ class _ShardWriter:
 _WORKER: dict[str, Any] = {}
 
 
+def _flat_memory_allocators() -> None:
+    """Keep peak memory flat as the corpus grows: multi-MB PNG buffers are allocated and freed per tile, and
+    arena allocators (glibc's dynamic mmap threshold, Arrow's mimalloc pool) keep the freed space, so the
+    process grows with the number of tiles. Large blocks go straight to mmap (freed at once) and Arrow uses
+    the system allocator. Process-wide, harmless for other users; Linux/glibc only, ignored elsewhere."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD = 128 KiB, fixed
+    except (OSError, AttributeError):
+        pass
+    try:
+        import pyarrow as pa
+
+        pa.set_memory_pool(pa.system_memory_pool())
+    except Exception:  # noqa: BLE001  (pyarrow built without it)
+        pass
+
+
 def _worker_init(ctx: _Context) -> None:
+    _flat_memory_allocators()
     _WORKER.clear()
     _WORKER["ctx"] = ctx
     _WORKER["onto"] = Ontology.load(ctx.ontology_path)
@@ -416,6 +436,7 @@ def build(sources: dict[str, Any], out: str | Path, *, num_proc: int = 1, progre
     if int(opts["tile"]) <= 0 or not 0 <= int(opts["overlap"]) < int(opts["tile"]):
         raise BuildError(f"need tile > 0 and 0 <= overlap < tile, got tile={opts['tile']} overlap={opts['overlap']}")
     onto = ontology if isinstance(ontology, Ontology) else Ontology.load(ontology)
+    _flat_memory_allocators()
     base = Path(base_dir) if base_dir is not None else None
     specs = [SourceSpec.parse(n, v, base) for n, v in sources.items()]
     out = Path(out).resolve()
@@ -636,7 +657,7 @@ def _finalize(specs, summaries, onto: Ontology, opts, config, key, staging: Path
             stem = j.name[: -len(".json")]
             pimg, ptri = j.with_name(f"{stem}.images.parquet"), j.with_name(f"{stem}.triples.parquet")
             groups = split_of[s.name]
-            for batch in pq.ParquetFile(str(pimg)).iter_batches(batch_size=16):
+            for batch in pq.ParquetFile(str(pimg)).iter_batches(batch_size=ROWS_PER_ROW_GROUP):
                 for r in batch.to_pylist():
                     if r["image_id"] in seen:
                         dropped_ids.add(r["image_id"])
@@ -647,7 +668,7 @@ def _finalize(specs, summaries, onto: Ontology, opts, config, key, staging: Path
                     sp = r["split"] or groups.get(r["patient_id"], "train")
                     r["split"] = sp
                     w = writers.get(("images", sp)) or writers.setdefault(
-                        ("images", sp), _SplitWriter(final / "images" / sp, sp, f_img, batch=16))
+                        ("images", sp), _SplitWriter(final / "images" / sp, sp, f_img, batch=8))
                     nb = len(r["image"])
                     r["image"] = {"bytes": r["image"], "path": None}
                     w.write(r, nb, r["image_id"])
@@ -657,7 +678,7 @@ def _finalize(specs, summaries, onto: Ontology, opts, config, key, staging: Path
                     for neg in r["negative_labels"]:
                         c = counts.setdefault((s.name, neg, sp), {"triples": 0, "pixels": 0, "negatives": 0})
                         c["negatives"] += 1
-            for batch in pq.ParquetFile(str(ptri)).iter_batches(batch_size=64):
+            for batch in pq.ParquetFile(str(ptri)).iter_batches(batch_size=32):
                 for r in batch.to_pylist():
                     if r["image_id"] in dropped_ids:
                         continue
@@ -665,7 +686,7 @@ def _finalize(specs, summaries, onto: Ontology, opts, config, key, staging: Path
                     r["split"] = sp
                     pixels = r.pop("pixels")
                     w = writers.get(("triples", sp)) or writers.setdefault(
-                        ("triples", sp), _SplitWriter(final / "triples" / sp, sp, f_tri, batch=64))
+                        ("triples", sp), _SplitWriter(final / "triples" / sp, sp, f_tri, batch=32))
                     nb = len(r["mask"]) + len(r["ignore"] or b"")
                     r["mask"] = {"bytes": r["mask"], "path": None}
                     r["ignore"] = None if r["ignore"] is None else {"bytes": r["ignore"], "path": None}
