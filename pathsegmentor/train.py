@@ -44,7 +44,7 @@ class OptimConfig:
     lr: float = 3e-4
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
-    lr_scale: dict[str, float] = field(default_factory=dict)  # part -> multiplier of lr
+    lr_scale: dict[str, float] = field(default_factory=dict)  # part (or "other") -> multiplier of lr
     warmup_steps: int = 50
     schedule: str = "cosine"  # cosine | constant
     min_lr_ratio: float = 0.05
@@ -172,7 +172,13 @@ def param_groups(model, cfg: OptimConfig) -> list[dict[str, Any]]:
         params = [p for p in getattr(model, part).parameters() if p.requires_grad]
         if params:
             groups.append({"params": params, "lr": cfg.lr * cfg.lr_scale.get(part, 1.0), "name": part})
-    unknown = sorted(set(cfg.lr_scale) - set(PARTS))
+    # parts a model adds beyond the standard five (e.g. CellSAM's mask fusion gate) train at the base lr
+    seen = {id(p) for g in groups for p in g["params"]}
+    seen |= {id(p) for part in PARTS for p in getattr(model, part).parameters()}
+    extra = [p for p in model.parameters() if p.requires_grad and id(p) not in seen]
+    if extra:
+        groups.append({"params": extra, "lr": cfg.lr * cfg.lr_scale.get("other", 1.0), "name": "other"})
+    unknown = sorted(set(cfg.lr_scale) - set(PARTS) - {"other"})
     if unknown:
         raise ConfigError(f"optim.lr_scale has unknown part(s) {unknown}. Valid: {list(PARTS)}")
     if not groups:
@@ -273,6 +279,10 @@ def run_training(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     if cfg.cache.enabled and not cfg.freeze.image_encoder:
         raise ConfigError("cache.enabled needs freeze.image_encoder: true (cached embeddings come from a frozen encoder)")
     mpp = model.config.preprocess.mpp
+    pp = model.config.preprocess
+    if pp.fixed_input and cfg.data.crop != pp.input_size:
+        raise ConfigError(f"model '{cfg.model.name}' takes fixed {pp.input_size}x{pp.input_size} inputs (ViT position "
+                          f"embeddings); set data.crop={pp.input_size} (got {cfg.data.crop})")
     synonyms = load_synonyms(cfg.data.corpus)
     ds = PromptedCrops(corpus, cfg.data.train_split, cfg.data, model_mpp=mpp, seed=cfg.train.seed, synonyms=synonyms)
     weights = sampling_weights(corpus, cfg.data.train_split, cfg.data.balance, cfg.data.sources)
@@ -337,8 +347,16 @@ def run_training(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
             if feats is not None:
                 feats = feats.to(pixels.device)
             outp = model(pixels, batch["prompts"], features=feats)
-            losses = segmentation_loss(outp.mask_logits, outp.presence_logits, batch["target"].to(pixels.device),
-                                       batch["valid"].to(pixels.device), batch["presence"].to(pixels.device), cfg.loss)
+            loss_fn = segmentation_loss
+            if getattr(outp, "branches", None):  # CellSAM fused mode: deep supervision of every branch
+                from .cellsam.fusion import fused_segmentation_loss
+
+                loss_fn = fused_segmentation_loss
+                losses = loss_fn(outp, batch["target"].to(pixels.device), batch["valid"].to(pixels.device),
+                                 batch["presence"].to(pixels.device), cfg.loss)
+            else:
+                losses = loss_fn(outp.mask_logits, outp.presence_logits, batch["target"].to(pixels.device),
+                                 batch["valid"].to(pixels.device), batch["presence"].to(pixels.device), cfg.loss)
             accelerator.backward(losses["loss"])
             if accelerator.sync_gradients and cfg.optim.grad_clip:
                 accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.optim.grad_clip)

@@ -145,3 +145,22 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_cellsam_fused_training_updates_the_fusion_gate(tmp_path, tiny_corpus):
+    """CellSAM's mask-fusion gate (beyond the five standard parts) is optimised, with deep supervision."""
+    import torch
+
+    from pathsegmentor.weights import from_pretrained
+
+    res = run_training(_cfg(tmp_path / "cellsam", tiny_corpus, "model.name=cellsam-test", "data.crop=128", "train.steps=2",
+                            "train.save_every=2", "optim.lr=0.01"))
+    assert res["steps"] == 2
+    trained = from_pretrained(tmp_path / "cellsam" / "model")
+    torch.manual_seed(0)
+    from pathsegmentor import create_model
+
+    fresh = create_model("cellsam-test")
+    a = dict(trained.mask_fusion.named_parameters())
+    b = dict(fresh.mask_fusion.named_parameters())
+    assert any(not torch.equal(a[k], b[k]) for k in a), "the fusion gate did not train"
