@@ -82,10 +82,10 @@ def _check_corpus(out: Path, monuseg_xml: bool) -> None:
 def test_shared_subset_builds(recipe, tmp_path):
     sources, options, base = recipe
     sources = {k: dict(v) for k, v in sources.items()}
-    out = build(sources, tmp_path / "corpus", base_dir=base, progress=False, **{**options, "limit": 6})
+    out = build(sources, tmp_path / "corpus", base_dir=base, progress=False, **{**options, "limit": 3})
     _check_corpus(out, monuseg_xml=False)
     m = load_pathseg(out).manifest
-    assert m["sources"]["monuseg"]["items"] == 6 and m["rejects"] == 0
+    assert m["sources"]["monuseg"]["items"] == 3 and m["rejects"] == 0
 
 
 @pytest.mark.slow
