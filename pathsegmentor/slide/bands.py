@@ -74,15 +74,18 @@ def to_output(probs: np.ndarray, dtype: str) -> np.ndarray:
     return np.clip(probs, 0.0, 1.0).astype(np.float32)
 
 
-def band_arrays(plan: BandPlan, band: Band, sums: np.ndarray, weight: np.ndarray, dtype: str) -> dict[str, np.ndarray]:
-    """Split a band canvas (``sums [P, hi-lo, W]``, ``weight [hi-lo, W]``) into the stored parts,
-    cropped to the columns that were predicted (``x0``/``x1``; elsewhere all zero)."""
+def band_arrays(plan: BandPlan, band: Band, sums: np.ndarray, weight: np.ndarray, dtype: str,
+                x_offset: int = 0) -> dict[str, np.ndarray]:
+    """Split a band canvas (``sums [P, hi-lo, w]``, ``weight [hi-lo, w]`` starting at column
+    ``x_offset``) into the stored parts, cropped to the columns that were predicted (``span``;
+    all zero elsewhere)."""
     lo = band.lo
     cols = np.flatnonzero(weight.any(axis=0))
     x0, x1 = (int(cols[0]), int(cols[-1]) + 1) if cols.size else (0, 0)
     sums, weight = sums[:, :, x0:x1], weight[:, x0:x1]
+    span = [x0 + x_offset, x1 + x_offset] if cols.size else [0, 0]
     out: dict[str, np.ndarray] = {"top_w": weight[:band.a - lo], "bot_w": weight[band.c - lo:],
-                                  "span": np.array([x0, x1], np.int64)}
+                                  "span": np.array(span, np.int64)}
     mid_w = np.maximum(weight[band.a - lo:band.c - lo], 1e-12)
     for p in range(sums.shape[0]):
         out[f"top_{p}"] = sums[p, :band.a - lo]

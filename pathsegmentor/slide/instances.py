@@ -186,8 +186,8 @@ class InstanceAnalyzer:
 class RegionTracer:
     """Region polygons of one prompt's mask, streamed by strips and merged across strip seams."""
 
-    def __init__(self, *, height: int, width: int, on_polygon: Callable[[object], None]) -> None:
-        self.height, self.width, self.on_polygon = height, width, on_polygon
+    def __init__(self, *, height: int, width: int, on_polygon: Callable[[object], None], block: int = 2048) -> None:
+        self.height, self.width, self.on_polygon, self.block = height, width, on_polygon, block
         self.open: list = []
         self._look = Lookahead(1, self._process)
 
@@ -206,21 +206,34 @@ class RegionTracer:
         from .geojson import mask_polygons
 
         w0, window = rows(core0 - 1, core1 + 1)
-        polys = []
-        if window.size and window.any():
-            clip = box(0, core0, self.width, core1)
-            for p in mask_polygons(window, (w0, 0)):
-                q = p.intersection(clip)
-                polys.extend(g for g in getattr(q, "geoms", [q]) if g.geom_type == "Polygon" and g.area > 0)
+        polys, joinable = [], []
         eps = 1e-9
-        top = [p for p in polys if p.bounds[1] <= core0 + eps]
-        rest = [p for p in polys if p.bounds[1] > core0 + eps]
+        if window.size and window.any():
+            # column blocks (1 column of context each side, clipped to the block core like the rows):
+            # memory follows the block, not the slide width; seams are joined by the union below
+            cols = np.flatnonzero(window.any(axis=0))
+            W = window.shape[1]
+            for b0 in range(int(cols[0]) // self.block * self.block, int(cols[-1]) + 1, self.block):
+                b1 = min(W, b0 + self.block)
+                x0, x1 = max(0, b0 - 1), min(W, b1 + 1)
+                sub = window[:, x0:x1]
+                if not sub.any():
+                    continue
+                clip = box(b0, core0, b1, core1)
+                for p in mask_polygons(sub, (w0, x0)):
+                    q = p.intersection(clip)
+                    for g in getattr(q, "geoms", [q]):
+                        if g.geom_type != "Polygon" or g.area <= 0:
+                            continue
+                        gx0, gy0, gx1, _ = g.bounds
+                        seam = (b0 > 0 and gx0 <= b0 + eps) or (b1 < W and gx1 >= b1 - eps)
+                        (joinable if seam or gy0 <= core0 + eps else polys).append(g)
         merged = []
-        if self.open or top:
-            u = union_all(self.open + top)
+        if self.open or joinable:
+            u = union_all(self.open + joinable)
             merged = [g for g in getattr(u, "geoms", [u]) if g.geom_type == "Polygon" and not g.is_empty]
         still_open = []
-        for p in merged + rest:
+        for p in merged + polys:
             if p.bounds[3] >= core1 - eps and core1 < self.height:
                 still_open.append(p)
             else:
