@@ -18,38 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-
-
-def split_instances(mask: np.ndarray, *, h: float = 1.5, min_area: int = 4) -> np.ndarray:
-    """``bool [H, W]`` -> ``int32 [H, W]`` instance ids (0 background): marker watershed on the
-    negative distance transform, seeded at its h-maxima (regional maxima at least ``h`` px above
-    their surroundings) so touching round objects split at their neck while an elongated object's
-    flat distance ridge stays one seed. Every component gets a seed; objects under ``min_area`` px
-    are dropped."""
-    from scipy import ndimage as ndi
-    from skimage.morphology import h_maxima
-    from skimage.segmentation import watershed
-
-    mask = np.asarray(mask, bool)
-    if not mask.any():
-        return np.zeros(mask.shape, np.int32)
-    dist = ndi.distance_transform_edt(mask).astype(np.float32)
-    markers, n = ndi.label(h_maxima(dist, h) > 0, structure=np.ones((3, 3), bool))
-    comps, _ = ndi.label(mask)
-    seeded = np.zeros(comps.max() + 1, bool)
-    seeded[np.unique(comps[markers > 0])] = True
-    for cid in np.nonzero(~seeded[1:])[0] + 1:  # components without a seed: seed at their deepest pixel
-        idx = np.argmax(np.where(comps == cid, dist, -1))
-        n += 1
-        markers.flat[idx] = n
-    labels = watershed(-dist, markers, mask=mask).astype(np.int32)
-    if min_area > 1:
-        areas = np.bincount(labels.ravel())
-        small = np.nonzero(areas < min_area)[0]
-        small = small[small > 0]
-        if small.size:
-            labels[np.isin(labels, small)] = 0
-    return labels
+from ..instances import separate_instances as split_instances
 
 COLUMNS = ["object_id", "prompt", "centroid_x", "centroid_y", "area_um2", "perimeter_um", "eccentricity",
            "solidity", "mean_hematoxylin", "mean_eosin"]

@@ -1,0 +1,88 @@
+"""Metrics against values worked out by hand on small arrays, including the empty-mask conventions."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pathsegmentor.evaluate import summarize
+from pathsegmentor.instances import separate_instances
+from pathsegmentor.metrics import (Counts, aggregated_jaccard_index, confusion, panoptic_quality, scores)
+
+
+def test_confusion_and_scores_by_hand():
+    pred = np.array([[1, 1, 0], [0, 1, 0], [0, 0, 0]], bool)
+    gt = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0]], bool)
+    c = confusion(pred, gt)
+    assert (c.tp, c.fp, c.fn, c.tn) == (2, 1, 1, 5)
+    s = scores(c)
+    assert s["dice"] == pytest.approx(4 / 6)
+    assert s["iou"] == pytest.approx(2 / 4)
+    assert s["accuracy"] == pytest.approx(7 / 9)
+    assert s["precision"] == pytest.approx(2 / 3)
+    assert s["recall"] == pytest.approx(2 / 3)
+
+
+def test_valid_mask_excludes_pixels():
+    pred = np.array([1, 1, 0, 0], bool)
+    gt = np.array([1, 0, 0, 1], bool)
+    c = confusion(pred, gt, valid=np.array([1, 0, 1, 0], bool))
+    assert (c.tp, c.fp, c.fn, c.tn) == (1, 0, 0, 1)
+
+
+@pytest.mark.parametrize("pred,gt,expected", [
+    ([0, 0], [0, 0], {"dice": 1.0, "iou": 1.0, "precision": 1.0, "recall": 1.0}),  # both empty
+    ([0, 0], [1, 0], {"dice": 0.0, "iou": 0.0, "precision": 1.0, "recall": 0.0}),  # missed everything
+    ([1, 0], [0, 0], {"dice": 0.0, "iou": 0.0, "precision": 0.0, "recall": 1.0}),  # hallucinated
+])
+def test_empty_conventions(pred, gt, expected):
+    s = scores(confusion(np.array(pred, bool), np.array(gt, bool)))
+    for k, v in expected.items():
+        assert s[k] == v, k
+
+
+def test_pooled_vs_mean_in_summary():
+    rows = [
+        {"kind": "positive", "source": "s", "label": "nuclei", "prompt": "nuclei", "tp": 1, "fp": 0, "fn": 1, "tn": 2},
+        {"kind": "positive", "source": "s", "label": "nuclei", "prompt": "nuclei", "tp": 9, "fp": 1, "fn": 0, "tn": 0},
+        {"kind": "negative", "source": "s", "label": "gland", "prompt": "gland", "predicted_present": False,
+         "empty_mask": True},
+        {"kind": "negative", "source": "s", "label": "gland", "prompt": "gland", "predicted_present": True,
+         "empty_mask": False},
+    ]
+    t = summarize(rows)
+    row = t["by_category"][0]
+    # pooled: tp 10, fp 1, fn 1 -> 20/22; mean of 2/3 and 18/19
+    assert row["pixel_dice"] == pytest.approx(round(20 / 22, 4))
+    assert row["mean_dice"] == pytest.approx(round((2 / 3 + 18 / 19) / 2, 4))
+    assert t["negatives"][0]["presence_accuracy"] == 0.5
+    assert Counts(1, 2, 3, 4) + Counts(1, 1, 1, 1) == Counts(2, 3, 4, 5)
+
+
+def test_aji_and_pq_by_hand():
+    gt = np.zeros((10, 10), int)
+    gt[1:4, 1:4] = 1  # 9 px
+    gt[6:9, 6:9] = 2  # 9 px
+    pred = np.zeros((10, 10), int)
+    pred[1:4, 1:3] = 5  # 6 px inside gt 1 (IoU 6/9)
+    pred[6:9, 6:9] = 7  # exact
+    pred[0, 9] = 8  # a false positive pixel
+    # AJI: intersections 6 + 9 = 15; unions 9 + 9 + unmatched pred 1 = 19
+    assert aggregated_jaccard_index(gt, pred) == pytest.approx(15 / 19)
+    pq = panoptic_quality(gt, pred)
+    # matches (IoU > 0.5): both; FP = 1 -> DQ = 2 / (2 + 0.5) ; SQ = (6/9 + 1) / 2
+    assert pq["dq"] == pytest.approx(2 / 2.5)
+    assert pq["sq"] == pytest.approx((6 / 9 + 1) / 2)
+    assert pq["pq"] == pytest.approx(pq["dq"] * pq["sq"])
+    assert aggregated_jaccard_index(np.zeros((3, 3), int), np.zeros((3, 3), int)) == 1.0
+    assert aggregated_jaccard_index(gt, np.zeros_like(gt)) == 0.0
+
+
+def test_separate_instances_splits_touching_disks_keeps_elongated():
+    yy, xx = np.mgrid[:40, :80]
+    two = ((yy - 20) ** 2 + (xx - 20) ** 2 < 100) | ((yy - 20) ** 2 + (xx - 37) ** 2 < 100)
+    labels = separate_instances(two)
+    assert len(np.unique(labels)) - 1 == 2
+    bar = np.zeros((40, 80), bool)
+    bar[4:36, 10:70] = True
+    assert len(np.unique(separate_instances(bar))) - 1 == 1
+    assert separate_instances(np.zeros((5, 5), bool)).max() == 0
