@@ -7,6 +7,7 @@ splits and writes the corpus; adapters never write anything.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar, Iterator
@@ -63,7 +64,7 @@ class SourceSample:
     exhaustive: list[str] | None = None
 
 
-class SourceAdapter:
+class SourceAdapter(ABC):
     """Base class of all source adapters; subclasses are registered with :func:`register_source`.
 
     Subclasses set ``name``, ``classes`` (every source class name the format can contain, the
@@ -88,13 +89,13 @@ class SourceAdapter:
                 f"extracted download, e.g. --source {self.name}=/data/{self.name}."
             )
 
+    @abstractmethod
     def list_items(self) -> list[str]:
         """Stable, sorted identifiers of the items (usually relative file paths) under ``root``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def load_item(self, item: str) -> Iterator[SourceSample]:
         """Decode one item into one or more samples (a ``.npy`` fold yields many)."""
-        raise NotImplementedError
 
     def __iter__(self) -> Iterator[SourceSample]:
         for item in self.list_items():

@@ -10,25 +10,30 @@ import numpy as np
 from .base import SourceFormatError
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """``uint8 [H, W, 3]`` RGB from a PNG/BMP/JPEG/TIFF (alpha dropped, grey expanded, 16-bit scaled)."""
-    path = Path(path)
+def _decode(path: Path, what: str, convert) -> np.ndarray:
+    """Decode a TIFF with tifffile or anything else with PIL (``convert(im) -> im`` picks the mode);
+    every failure becomes a :class:`SourceFormatError` naming the file."""
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
-            arr = tifffile.imread(str(path))
-        else:
-            from PIL import Image
+            return tifffile.imread(str(path))
+        from PIL import Image
 
-            with Image.open(path) as im:
-                im.load()
-                arr = np.asarray(im.convert("RGB") if im.mode not in ("RGB", "L", "RGBA") else im)
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(convert(im))
     except SourceFormatError:
         raise
     except Exception as e:  # PIL/tifffile raise many types for truncated or corrupt files
-        raise SourceFormatError(path, f"cannot decode image ({type(e).__name__}: {e}); the file is truncated or "
+        raise SourceFormatError(path, f"cannot decode {what} ({type(e).__name__}: {e}); the file is truncated or "
                                       f"corrupt, re-extract it from the download") from None
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """``uint8 [H, W, 3]`` RGB from a PNG/BMP/JPEG/TIFF (alpha dropped, grey expanded, 16-bit scaled)."""
+    path = Path(path)
+    arr = _decode(path, "image", lambda im: im.convert("RGB") if im.mode not in ("RGB", "L", "RGBA") else im)
     return to_rgb(arr, path)
 
 
@@ -53,22 +58,11 @@ def to_rgb(arr: np.ndarray, path: str | Path = "") -> np.ndarray:
 def read_mask(path: str | Path) -> np.ndarray:
     """A label image as an integer array: ``[H, W]`` for grey/palette/16-bit, ``[H, W, 3]`` for RGB."""
     path = Path(path)
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
 
-            arr = tifffile.imread(str(path))
-        else:
-            from PIL import Image
+    def drop_alpha(im):
+        return im.convert("RGB" if im.mode == "RGBA" else "L") if im.mode in ("RGBA", "LA") else im
 
-            with Image.open(path) as im:
-                im.load()
-                if im.mode in ("RGBA", "LA"):
-                    im = im.convert("RGB" if im.mode == "RGBA" else "L")
-                arr = np.asarray(im)
-    except Exception as e:
-        raise SourceFormatError(path, f"cannot decode mask ({type(e).__name__}: {e}); the file is truncated or "
-                                      f"corrupt") from None
+    arr = _decode(path, "mask", drop_alpha)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     return arr

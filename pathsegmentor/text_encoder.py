@@ -13,6 +13,7 @@ prompt seen once is never encoded again.
 """
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ from torch import nn
 from .config import TextEncoderConfig
 
 
-class TextEncoder(nn.Module):
+class TextEncoder(nn.Module, metaclass=ABCMeta):
     """Base class: subclasses implement :meth:`_encode` for a list of strings."""
 
     def __init__(self, *, frozen: bool = True) -> None:
@@ -30,11 +31,13 @@ class TextEncoder(nn.Module):
         self._cache: dict[str, torch.Tensor] = {}
 
     @property
+    @abstractmethod
     def dim(self) -> int:
-        raise NotImplementedError
+        """D, the embedding width."""
 
+    @abstractmethod
     def _encode(self, texts: list[str]) -> torch.Tensor:
-        raise NotImplementedError
+        """Embed a list of strings -> ``[N, D]`` (no caching; :meth:`encode` caches)."""
 
     def freeze(self) -> "TextEncoder":
         self.frozen = True

@@ -458,18 +458,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=200 data.crop=256")
 
 
-def run(args: argparse.Namespace) -> int:
+def run_config_command(args: argparse.Namespace, load_config, runner) -> int:
+    """Shared body of the ``train`` and ``distill`` commands: recipe + overrides -> run -> JSON summary.
+    Config and input errors exit 2 with the message (nothing has been trained yet)."""
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
     try:
-        cfg = load_train_config(args.config, overrides)
-        result = run_training(cfg, resume=args.resume)
+        cfg = load_config(args.config, overrides)
+        result = runner(cfg, resume=args.resume)
     except (ConfigError, FileNotFoundError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result))
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_config_command(args, load_train_config, run_training)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -608,17 +608,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = list(args.overrides)
-    if args.output_dir:
-        overrides.append(f"output_dir={args.output_dir}")
-    try:
-        cfg = load_distill_config(args.config, overrides)
-        result = run_distillation(cfg, resume=args.resume)
-    except (ConfigError, FileNotFoundError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(result))
-    return 0
+    from ..train import run_config_command
+
+    return run_config_command(args, load_distill_config, run_distillation)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 import threading
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,7 @@ class _TileCache:
             self.bytes -= old.nbytes
 
 
-class SlideReader:
+class SlideReader(ABC):
     """Common interface: ``levels``, ``mpp`` (level 0), ``read_region(level, y, x, h, w)``, ``close``."""
 
     path: Path
@@ -98,8 +99,9 @@ class SlideReader:
     mpp_source: str
     backend: str
 
-    def read_region(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def read_region(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
+        """``uint8 [h, w, 3]`` RGB of level ``level`` at row ``y``, column ``x`` (level pixels)."""
 
     def close(self) -> None:  # pragma: no cover
         pass
