@@ -1,10 +1,19 @@
-"""A faster forward for segment_anything's ViT attention, identical outputs and parameters.
+"""A faster forward for segment_anything's ViT blocks: identical outputs, parameters and keys.
 
-Upstream materialises ``softmax(q k^T + rel_pos)`` with separate matmul, add and softmax passes;
-for the global-attention blocks (4096 tokens at 1024²) that is several 800 MB tensors per block.
-Here the decomposed relative-position bias is built once and handed to PyTorch's fused
-``scaled_dot_product_attention``. Parameters and state-dict keys are untouched, so official
-checkpoints load as before.
+Upstream ``Block`` / ``Attention`` spend most of their non-matmul time on memory traffic:
+
+* ``softmax(q k^T + rel_pos)`` is materialised with separate matmul, add and softmax passes; for the
+  global-attention blocks (4096 tokens at 1024²) that is several 800 MB tensors per block, each a
+  fresh allocation whose pages the kernel must fault in.
+* windowed blocks pad the *normalised tokens* to a multiple of the window size and then run the
+  ``qkv`` and ``proj`` linears on the padding too (4900 instead of 4096 tokens at 1024²).
+
+Here the decomposed relative-position bias is built once per block into a scratch buffer that is
+reused by every block of one encoder forward and handed to PyTorch's fused
+``scaled_dot_product_attention``; ``qkv`` runs on the real tokens only and the padded keys/values are
+filled with what upstream computes for them (``qkv(0) = qkv.bias``); ``proj`` runs after the windows
+are merged and cropped. Parameters and state-dict keys are untouched, so official checkpoints load as
+before, and with autograd on (training) the scratch buffer is not used.
 """
 from __future__ import annotations
 
@@ -13,36 +22,152 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _fast_forward(self, x: torch.Tensor) -> torch.Tensor:
+class _Scratch:
+    """Named float buffers reused by every block of one encoder forward, dropped with :meth:`release`.
+
+    Large fresh allocations are not free on CPU: each one is mapped anew and its pages faulted in on
+    first touch (about 12 ms per 48 MB here, as much as the GELU that fills it). Reusing a handful of
+    buffers across blocks pays that once per forward instead of once per block.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        numel = 1
+        for s in shape:
+            numel *= s
+        buf = self.buffers.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != like.dtype or buf.device != like.device:
+            self.buffers.pop(name, None)  # free the old one before allocating the new one
+            buf = self.buffers[name] = torch.empty(numel, dtype=like.dtype, device=like.device)
+        return buf[:numel].view(shape)
+
+    def release(self) -> None:
+        self.buffers.clear()
+
+
+def _active(scratch: _Scratch | None, *tensors: torch.Tensor) -> _Scratch | None:
+    """The scratch pool, unless autograd needs the intermediates (training): then ``None``."""
+    if scratch is None or torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return None
+    return scratch
+
+
+def _linear(layer: nn.Linear, x: torch.Tensor, scratch: _Scratch | None, name: str) -> torch.Tensor:
+    """``layer(x)`` for ``x [..., in]``, written into a scratch buffer when one is active."""
+    if scratch is None or layer.bias is None:
+        return layer(x)
+    x2 = x.reshape(-1, x.shape[-1])
+    out = scratch.get(name, (x2.shape[0], layer.out_features), x2)
+    torch.addmm(layer.bias, x2, layer.weight.t(), out=out)
+    return out.view(*x.shape[:-1], layer.out_features)
+
+
+def _rel_pos_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, hw: tuple[int, int],
+                  scratch: _Scratch | None) -> torch.Tensor:
+    """SAM's decomposed relative-position bias for ``q [B, nh, H*W, hd]`` as ``[B, nh, H*W, H*W]``."""
     from segment_anything.modeling.image_encoder import get_rel_pos
 
-    B, H, W, _ = x.shape
-    nh = self.num_heads
-    qkv = self.qkv(x).reshape(B, H * W, 3, nh, -1).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)  # [B, nh, N, hd]
-    bias = None
-    if self.use_rel_pos:
-        hd = q.shape[-1]
-        Rh = get_rel_pos(H, H, self.rel_pos_h)  # [H, H, hd]
-        Rw = get_rel_pos(W, W, self.rel_pos_w)  # [W, W, hd]
-        r_q = q.reshape(B * nh, H, W, hd)
-        # contiguous first: the einsum outputs are strided, and the broadcast add below is memory-bound
-        rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, Rh).contiguous()
-        rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, Rw).contiguous()
-        bias = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(B, nh, H * W, H * W)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
-    out = out.view(B, nh, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
-    return self.proj(out)
+    B, nh, N, hd = q.shape
+    H, W = hw
+    Rh = get_rel_pos(H, H, rel_pos_h)  # [H, H, hd]
+    Rw = get_rel_pos(W, W, rel_pos_w)  # [W, W, hd]
+    r_q = q.reshape(B * nh, H, W, hd)
+    # contiguous first: the einsum outputs are strided, and the broadcast add below is memory-bound
+    rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, Rh).contiguous()[:, :, :, :, None]
+    rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, Rw).contiguous()[:, :, :, None, :]
+    if _active(scratch, q, rel_pos_h, rel_pos_w) is None:
+        return (rel_h + rel_w).reshape(B, nh, N, N)
+    out = scratch.get("bias", (B * nh, H, W, H, W), q)
+    torch.add(rel_h, rel_w, out=out)
+    return out.view(B, nh, N, N)
+
+
+def _attend(attn: nn.Module, qkv: torch.Tensor, scratch: _Scratch | None) -> torch.Tensor:
+    """``qkv [B, h, w, 3C]`` (already through ``attn.qkv``) -> attention output ``[B, h, w, C]`` before ``proj``."""
+    B, H, W, _ = qkv.shape
+    nh = attn.num_heads
+    q, k, v = qkv.reshape(B, H * W, 3, nh, -1).permute(2, 0, 3, 1, 4).unbind(0)  # [B, nh, N, hd]
+    bias = _rel_pos_bias(q, attn.rel_pos_h, attn.rel_pos_w, (H, W), scratch) if attn.use_rel_pos else None
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)
+    return out.view(B, nh, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
+
+
+def _fast_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """Drop-in ``Attention.forward`` (``x [B, H, W, C]``)."""
+    return self.proj(_attend(self, self.qkv(x), getattr(self, "_pathseg_scratch", None)))
+
+
+def _fast_block_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """Drop-in ``Block.forward`` (``x [B, H, W, C]``), same result as upstream's."""
+    attn = self.attn
+    scratch = _active(getattr(self, "_pathseg_scratch", None), x, attn.qkv.weight, self.mlp.lin1.weight)
+    shortcut = x
+    qkv = _linear(attn.qkv, self.norm1(x), scratch, "qkv")  # real tokens only
+    ws = self.window_size
+    if ws > 0:
+        B, H, W, C3 = qkv.shape
+        Hp, Wp = -(-H // ws) * ws, -(-W // ws) * ws
+        if (Hp, Wp) != (H, W):
+            # upstream pads the normalised tokens with zeros before qkv: those tokens become qkv(0)
+            fill = attn.qkv.bias if attn.qkv.bias is not None else qkv.new_zeros(C3)
+            fill = fill.to(qkv.dtype).expand(B, Hp, Wp, C3)
+            padded = fill.clone() if scratch is None else scratch.get("pad", (B, Hp, Wp, C3), qkv).copy_(fill)
+            padded[:, :H, :W] = qkv
+            qkv = padded
+        nwh, nww = Hp // ws, Wp // ws
+        windows = qkv.view(B, nwh, ws, nww, ws, C3).permute(0, 1, 3, 2, 4, 5)
+        shape = (B * nwh * nww, ws, ws, C3)
+        qkv = windows.reshape(shape) if scratch is None else scratch.get("win", shape, qkv).view(
+            B, nwh, nww, ws, ws, C3).copy_(windows).view(shape)
+        out = _attend(attn, qkv, scratch)
+        C = out.shape[-1]
+        out = out.view(B, nwh, nww, ws, ws, C).permute(0, 1, 3, 2, 4, 5).reshape(B, Hp, Wp, C)
+        if (Hp, Wp) != (H, W):
+            out = out[:, :H, :W]
+    else:
+        out = _attend(attn, qkv, scratch)
+    mlp = self.mlp
+    if scratch is None or not isinstance(mlp.act, nn.GELU):
+        x = shortcut + attn.proj(out)
+        return x + mlp(self.norm2(x))
+    # inference: residual sums in place into the fresh projection outputs (fewer new buffers)
+    x = attn.proj(out).add_(shortcut)
+    hidden = _linear(mlp.lin1, self.norm2(x), scratch, "hidden")
+    torch.ops.aten.gelu_(hidden, approximate=mlp.act.approximate)
+    return mlp.lin2(hidden).add_(x)
+
+
+class _ReleaseScratch:
+    """Forward hook on the last block: drop the shared scratch buffer once the blocks are done."""
+
+    def __init__(self, scratch: _Scratch) -> None:
+        self.scratch = scratch
+
+    def __call__(self, module, args, output):
+        self.scratch.release()
 
 
 def use_fast_attention(encoder: nn.Module, enabled: bool = True) -> nn.Module:
-    """Switch every ``Attention`` block of a SAM ``ImageEncoderViT`` to the fused forward (or back)."""
-    from segment_anything.modeling.image_encoder import Attention
+    """Switch every ``Block`` / ``Attention`` of a SAM ``ImageEncoderViT`` to the fast forward (or back)."""
+    from segment_anything.modeling.image_encoder import Attention, Block
 
+    handle = encoder.__dict__.pop("_pathseg_scratch_hook", None)
+    if handle is not None:
+        handle.remove()
+    scratch = _Scratch() if enabled else None
+    last_block = None
     for module in encoder.modules():
-        if isinstance(module, Attention):
+        if isinstance(module, (Block, Attention)):
             if enabled:
-                module.forward = _fast_forward.__get__(module, type(module))
-            elif "forward" in module.__dict__:
-                del module.forward
+                fast = _fast_block_forward if isinstance(module, Block) else _fast_attention_forward
+                module.forward = fast.__get__(module, type(module))
+                module._pathseg_scratch = scratch
+                last_block = module if isinstance(module, Block) else last_block
+            else:
+                module.__dict__.pop("forward", None)
+                module.__dict__.pop("_pathseg_scratch", None)
+    if last_block is not None:  # blocks are called through __call__, so their hooks run
+        encoder.__dict__["_pathseg_scratch_hook"] = last_block.register_forward_hook(_ReleaseScratch(scratch))
     return encoder

@@ -1,0 +1,67 @@
+"""The fast SAM ViT block forward (:mod:`pathsegmentor.sam_attention`) against upstream's, on a small
+encoder whose token grid is not a multiple of the window size (so the padding path runs)."""
+from __future__ import annotations
+
+import copy
+from functools import partial
+
+import pytest
+import torch
+from torch import nn
+
+from pathsegmentor._compat import ensure_torchvision
+from pathsegmentor.sam_attention import use_fast_attention
+
+
+def _small_encoder(img_size: int = 160) -> nn.Module:
+    ensure_torchvision()
+    from segment_anything.modeling.image_encoder import ImageEncoderViT
+
+    torch.manual_seed(0)
+    enc = ImageEncoderViT(img_size=img_size, patch_size=16, embed_dim=96, depth=4, num_heads=4, mlp_ratio=4,
+                          out_chans=32, qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6),
+                          use_rel_pos=True, window_size=4, global_attn_indexes=(1, 3))
+    with torch.no_grad():  # zero at init upstream: make the relative-position path matter
+        for name, p in enc.named_parameters():
+            if "rel_pos" in name or name.endswith("pos_embed"):
+                p.normal_(0.0, 0.2)
+    return enc.eval()
+
+
+@pytest.mark.parametrize("img_size", [160, 128])  # 10x10 tokens (padded windows) and 8x8 (no padding)
+def test_fast_forward_equals_upstream_in_inference(img_size):
+    upstream = _small_encoder(img_size)
+    fast = use_fast_attention(copy.deepcopy(upstream))
+    x = torch.randn(2, 3, img_size, img_size)
+    with torch.no_grad():
+        ref = upstream(x)
+        out = fast(x)
+        again = fast(x)  # the scratch buffers are reused across calls without leaking state
+    assert out.shape == ref.shape == (2, 32, img_size // 16, img_size // 16)
+    assert (out - ref).abs().max().item() <= 1e-5
+    assert torch.equal(out, again)
+    assert fast.state_dict().keys() == upstream.state_dict().keys()
+    assert not fast.blocks[0]._pathseg_scratch.buffers, "scratch buffers must be released after the forward"
+
+
+def test_fast_forward_gradients_equal_upstream():
+    # float64: in float32 the first layers' gradients differ by summation-order noise of a few percent
+    upstream = _small_encoder(160).train().double()
+    fast = use_fast_attention(copy.deepcopy(upstream)).train()
+    x = torch.randn(1, 3, 160, 160, dtype=torch.float64)
+    upstream(x).square().sum().backward()
+    fast(x).square().sum().backward()
+    grads = dict(upstream.named_parameters())
+    for name, p in fast.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert torch.allclose(p.grad, grads[name].grad, rtol=1e-8, atol=1e-12), name
+
+
+def test_fast_forward_can_be_switched_off():
+    upstream = _small_encoder(160)
+    enc = use_fast_attention(copy.deepcopy(upstream))
+    use_fast_attention(enc, enabled=False)
+    assert all("forward" not in m.__dict__ for m in enc.modules())
+    x = torch.randn(1, 3, 160, 160)
+    with torch.no_grad():
+        assert torch.equal(enc(x), upstream(x))
