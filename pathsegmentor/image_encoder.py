@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._compat import ensure_torchvision
 from .config import ImageEncoderConfig
+from .conv_fusion import FoldedInferenceCopy
 
 SAM_VARIANTS = {
     # embed_dim, depth, num_heads, global_attn_indexes (as in segment_anything.build_sam)
@@ -56,10 +58,10 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        u = x.mean(1, keepdim=True)
-        s = (x - u).pow(2).mean(1, keepdim=True)
-        x = (x - u) / torch.sqrt(s + self.eps)
-        return self.weight[:, None, None] * x + self.bias[:, None, None]
+        # one fused pass over the channel-last view (no copy when x is channels-last) instead of
+        # segment_anything's seven elementwise passes; the same normalisation to float rounding
+        y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+        return y.permute(0, 3, 1, 2)
 
 
 def _sam_encoder_class():
@@ -117,6 +119,8 @@ class TimmImageEncoder(nn.Module):
 
     Input ``float [B, 3, H, W]`` normalised, ``H, W`` multiples of 32. Output embedding
     ``[B, embed_dim, H/16, W/16]``; skip features at stride 4 and 8 for the high-resolution path.
+    Under ``torch.no_grad()`` in eval mode the backbone runs as a BatchNorm-folded channels-last copy
+    (:mod:`.conv_fusion`), so those outputs are channels-last tensors.
     """
 
     stride = 16
@@ -148,12 +152,17 @@ class TimmImageEncoder(nn.Module):
             LayerNorm2d(embed_dim),
         )
 
+        self._folded = FoldedInferenceCopy()
+
     def forward_features(self, x: torch.Tensor) -> ImageFeatures:
-        feats = self.backbone(x)
+        if self.training or torch.is_grad_enabled():
+            feats = self.backbone(x)
+        else:  # inference: BatchNorm folded into the convolutions, channels-last (same maths)
+            feats = self._folded.get(self.backbone)(x.contiguous(memory_format=torch.channels_last))
         top = feats[-1]
         if self.lateral8 is not None:
             f8 = feats[self.reductions.index(8)]
-            top = top + nn.functional.avg_pool2d(self.lateral8(f8), 2)
+            top = top + F.avg_pool2d(self.lateral8(f8), 2)
         skips = {r: f for r, f in zip(self.reductions[:-1], feats[:-1])}
         return ImageFeatures(self.neck(top), skips)
 

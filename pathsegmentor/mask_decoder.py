@@ -45,6 +45,8 @@ class HighResFeatures(nn.Module):
 
     def forward(self, pixels: torch.Tensor, skip4: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``pixels [B, 3, H, W]`` normalised -> (``[B, dim, H/2, W/2]``, ``[B, dim, H/4, W/4]``)."""
+        if not torch.is_grad_enabled():  # inference: channels-last convolutions and LayerNorm (same maths)
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
         f2 = self.stem2(pixels)
         f4 = self.stem4(f2)
         if self.skip4 is not None and skip4 is not None:

@@ -10,9 +10,9 @@ Upstream ``Block`` / ``Attention`` spend most of their non-matmul time on memory
 
 Here the decomposed relative-position bias is built once per block into a scratch buffer that is
 reused by every block of one encoder forward and handed to PyTorch's fused
-``scaled_dot_product_attention``; ``qkv`` runs on the real tokens only and the padded keys/values are
-filled with what upstream computes for them (``qkv(0) = qkv.bias``); ``proj`` runs after the windows
-are merged and cropped. Parameters and state-dict keys are untouched, so official checkpoints load as
+``scaled_dot_product_attention``; ``qkv`` runs on the real tokens only and its output is written
+straight into window order, the padded keys/values filled with what upstream computes for them
+(``qkv(0) = qkv.bias``); ``proj`` runs after the windows are merged and cropped. Parameters and state-dict keys are untouched, so official checkpoints load as
 before, and with autograd on (training) the scratch buffer is not used.
 """
 from __future__ import annotations
@@ -84,14 +84,68 @@ def _rel_pos_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Ten
     return out.view(B, nh, N, N)
 
 
-def _attend(attn: nn.Module, qkv: torch.Tensor, scratch: _Scratch | None) -> torch.Tensor:
-    """``qkv [B, h, w, 3C]`` (already through ``attn.qkv``) -> attention output ``[B, h, w, C]`` before ``proj``."""
+def _attend_heads(attn: nn.Module, qkv: torch.Tensor, scratch: _Scratch | None) -> torch.Tensor:
+    """``qkv [B, h, w, 3C]`` (already through ``attn.qkv``) -> attention output per head ``[B, nh, h*w, hd]``."""
     B, H, W, _ = qkv.shape
     nh = attn.num_heads
     q, k, v = qkv.reshape(B, H * W, 3, nh, -1).permute(2, 0, 3, 1, 4).unbind(0)  # [B, nh, N, hd]
     bias = _rel_pos_bias(q, attn.rel_pos_h, attn.rel_pos_w, (H, W), scratch) if attn.use_rel_pos else None
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)
-    return out.view(B, nh, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)
+
+
+def _attend(attn: nn.Module, qkv: torch.Tensor, scratch: _Scratch | None) -> torch.Tensor:
+    """``qkv [B, h, w, 3C]`` -> attention output ``[B, h, w, C]`` before ``proj`` (heads merged)."""
+    B, H, W, _ = qkv.shape
+    out = _attend_heads(attn, qkv, scratch)
+    return out.view(B, attn.num_heads, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
+
+
+def _window_grid(windows: torch.Tensor, B: int, nwh: int, nww: int) -> torch.Tensor:
+    """View ``windows [B*nwh*nww, ws, ws, C]`` as ``grid [B, nwh, ws, nww, ws, C]``, where
+    ``grid[b, i, r, j, c]`` is token ``(i*ws + r, j*ws + c)`` of the padded image."""
+    _, ws, _, C = windows.shape
+    return windows.view(B, nwh, nww, ws, ws, C).permute(0, 1, 3, 2, 4, 5)
+
+
+def _parts(n: int, ws: int) -> list[tuple[slice, slice, slice, int, int]]:
+    """Split ``n`` tokens into whole windows and a remainder: (image slice, window slice, offset slice, #windows, len)."""
+    full, rem = divmod(n, ws)
+    parts = [(slice(0, full * ws), slice(0, full), slice(0, ws), full, ws)] if full else []
+    if rem:
+        parts.append((slice(full * ws, n), slice(full, full + 1), slice(0, rem), 1, rem))
+    return parts
+
+
+def _to_windows(x: torch.Tensor, windows: torch.Tensor, fill: torch.Tensor) -> None:
+    """Write ``x [B, H, W, C]`` into ``windows [B*nwh*nww, ws, ws, C]`` (SAM's ``window_partition``
+    order), padding positions set to ``fill [C]``: one pass over ``x``, no padded intermediate."""
+    B, H, W, C = x.shape
+    ws = windows.shape[1]
+    nwh, nww = -(-H // ws), -(-W // ws)
+    grid = _window_grid(windows, B, nwh, nww)
+    for ys, yi, yo, ny, ly in _parts(H, ws):
+        for xs, xi, xo, nx, lx in _parts(W, ws):
+            grid[:, yi, yo, xi, xo] = x[:, ys, xs].view(B, ny, ly, nx, lx, C)
+    if H % ws:
+        grid[:, nwh - 1, H % ws:] = fill
+    if W % ws:
+        grid[:, :, :, nww - 1, W % ws:] = fill
+
+
+def _from_windows(heads: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """Windowed attention output per head ``[B*nwh*nww, nh, ws*ws, hd]`` -> a contiguous ``[B, H, W, nh*hd]``:
+    heads merged, SAM's ``window_unpartition`` and crop, in one pass."""
+    n, nh, wsws, hd = heads.shape
+    ws = round(wsws ** 0.5)
+    nwh, nww = -(-H // ws), -(-W // ws)
+    B = n // (nwh * nww)
+    # grid[b, i, r, j, c, head] = padded token (i*ws + r, j*ws + c)
+    grid = heads.view(B, nwh, nww, nh, ws, ws, hd).permute(0, 1, 4, 2, 5, 3, 6)
+    out = heads.new_empty(B, H, W, nh, hd)
+    for ys, yi, yo, ny, ly in _parts(H, ws):
+        for xs, xi, xo, nx, lx in _parts(W, ws):
+            out[:, ys, xs] = grid[:, yi, yo, xi, xo].reshape(B, ny * ly, nx * lx, nh, hd)
+    return out.view(B, H, W, nh * hd)
 
 
 def _fast_attention_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,24 +162,13 @@ def _fast_block_forward(self, x: torch.Tensor) -> torch.Tensor:
     ws = self.window_size
     if ws > 0:
         B, H, W, C3 = qkv.shape
-        Hp, Wp = -(-H // ws) * ws, -(-W // ws) * ws
-        if (Hp, Wp) != (H, W):
-            # upstream pads the normalised tokens with zeros before qkv: those tokens become qkv(0)
-            fill = attn.qkv.bias if attn.qkv.bias is not None else qkv.new_zeros(C3)
-            fill = fill.to(qkv.dtype).expand(B, Hp, Wp, C3)
-            padded = fill.clone() if scratch is None else scratch.get("pad", (B, Hp, Wp, C3), qkv).copy_(fill)
-            padded[:, :H, :W] = qkv
-            qkv = padded
-        nwh, nww = Hp // ws, Wp // ws
-        windows = qkv.view(B, nwh, ws, nww, ws, C3).permute(0, 1, 3, 2, 4, 5)
+        nwh, nww = -(-H // ws), -(-W // ws)
         shape = (B * nwh * nww, ws, ws, C3)
-        qkv = windows.reshape(shape) if scratch is None else scratch.get("win", shape, qkv).view(
-            B, nwh, nww, ws, ws, C3).copy_(windows).view(shape)
-        out = _attend(attn, qkv, scratch)
-        C = out.shape[-1]
-        out = out.view(B, nwh, nww, ws, ws, C).permute(0, 1, 3, 2, 4, 5).reshape(B, Hp, Wp, C)
-        if (Hp, Wp) != (H, W):
-            out = out[:, :H, :W]
+        windows = qkv.new_empty(shape) if scratch is None else scratch.get("win", shape, qkv)
+        # upstream pads the normalised tokens with zeros before qkv: padding tokens become qkv(0)
+        fill = attn.qkv.bias if attn.qkv.bias is not None else qkv.new_zeros(C3)
+        _to_windows(qkv, windows, fill.to(qkv.dtype))
+        out = _from_windows(_attend_heads(attn, windows, scratch), H, W)
     else:
         out = _attend(attn, qkv, scratch)
     mlp = self.mlp
