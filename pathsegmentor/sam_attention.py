@@ -8,26 +8,44 @@ Upstream ``Block`` / ``Attention`` spend most of their non-matmul time on memory
 * windowed blocks pad the *normalised tokens* to a multiple of the window size and then run the
   ``qkv`` and ``proj`` linears on the padding too (4900 instead of 4096 tokens at 1024²).
 
-Here the decomposed relative-position bias is built once per block into a scratch buffer that is
-reused by every block of one encoder forward and handed to PyTorch's fused
-``scaled_dot_product_attention``; ``qkv`` runs on the real tokens only and its output is written
-straight into window order, the padded keys/values filled with what upstream computes for them
-(``qkv(0) = qkv.bias``); ``proj`` runs after the windows are merged and cropped. Parameters and state-dict keys are untouched, so official checkpoints load as
-before, and with autograd on (training) the scratch buffer is not used.
+Here the decomposed relative-position bias is built into a scratch buffer that is reused by every
+block of one encoder forward and handed to PyTorch's fused ``scaled_dot_product_attention``; global
+attention on inputs beyond 1024² runs in query chunks so that buffer stays bounded. ``qkv`` runs on
+the real tokens only and its output is written straight into window order, the padded keys/values
+filled with what upstream computes for them (``qkv(0) = qkv.bias``); ``proj`` runs after the windows
+are merged and cropped. Parameters and state-dict keys are untouched, so official checkpoints load
+as before, and with autograd on (training) the scratch buffer is not used.
 """
 from __future__ import annotations
+
+import mmap
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
+_HUGE_PAGE_MIN_BYTES = 32 * 2**20
+
+
+def _empty_cpu(numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """``torch.empty(numel)`` on the CPU; a large buffer is mapped with transparent huge pages where the
+    OS allows it (Linux ``madvise``), so first touch faults in 2 MB pages instead of 4 KB ones."""
+    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    if nbytes < _HUGE_PAGE_MIN_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return torch.empty(numel, dtype=dtype)
+    region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    region.madvise(mmap.MADV_HUGEPAGE)
+    return torch.frombuffer(region, dtype=dtype, count=numel)  # the tensor keeps the mapping alive
+
+
 class _Scratch:
     """Named float buffers reused by every block of one encoder forward, dropped with :meth:`release`.
 
     Large fresh allocations are not free on CPU: each one is mapped anew and its pages faulted in on
-    first touch (about 12 ms per 48 MB here, as much as the GELU that fills it). Reusing a handful of
-    buffers across blocks pays that once per forward instead of once per block.
+    first touch (about 0.3 s for the 800 MB bias of a global block at 1024², five times the time of
+    the add that fills it). Reusing a handful of buffers across blocks pays that once per forward
+    instead of once per block, and huge pages (:func:`_empty_cpu`) make the once cheaper.
     """
 
     def __init__(self) -> None:
@@ -40,7 +58,9 @@ class _Scratch:
         buf = self.buffers.get(name)
         if buf is None or buf.numel() < numel or buf.dtype != like.dtype or buf.device != like.device:
             self.buffers.pop(name, None)  # free the old one before allocating the new one
-            buf = self.buffers[name] = torch.empty(numel, dtype=like.dtype, device=like.device)
+            buf = (_empty_cpu(numel, like.dtype) if like.device.type == "cpu"
+                   else torch.empty(numel, dtype=like.dtype, device=like.device))
+            self.buffers[name] = buf
         return buf[:numel].view(shape)
 
     def release(self) -> None:
@@ -64,9 +84,17 @@ def _linear(layer: nn.Linear, x: torch.Tensor, scratch: _Scratch | None, name: s
     return out.view(*x.shape[:-1], layer.out_features)
 
 
-def _rel_pos_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, hw: tuple[int, int],
-                  scratch: _Scratch | None) -> torch.Tensor:
-    """SAM's decomposed relative-position bias for ``q [B, nh, H*W, hd]`` as ``[B, nh, H*W, H*W]``."""
+_BIAS_CHUNK_NUMEL = 2**28
+"""Inference builds the relative-position bias for at most this many logits at a time (1 GiB in fp32).
+ViT-B/L/H at 1024² (up to 16 heads x 4096² logits) fit in one piece, which is fastest (query chunks
+re-read the keys and values and cost ~15 % more per block); larger inputs run global attention in
+query chunks of whole token rows so the bias never outgrows this."""
+
+
+def _rel_pos_terms(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
+                   hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM's decomposed relative-position terms for ``q [B, nh, H*W, hd]``: ``rel_h [B*nh, H, W, H, 1]``
+    and ``rel_w [B*nh, H, W, 1, W]``; their broadcast sum is the bias ``[B*nh, H, W, H, W]``."""
     from segment_anything.modeling.image_encoder import get_rel_pos
 
     B, nh, N, hd = q.shape
@@ -74,14 +102,10 @@ def _rel_pos_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Ten
     Rh = get_rel_pos(H, H, rel_pos_h)  # [H, H, hd]
     Rw = get_rel_pos(W, W, rel_pos_w)  # [W, W, hd]
     r_q = q.reshape(B * nh, H, W, hd)
-    # contiguous first: the einsum outputs are strided, and the broadcast add below is memory-bound
+    # contiguous first: the einsum outputs are strided, and the broadcast add of the bias is memory-bound
     rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, Rh).contiguous()[:, :, :, :, None]
     rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, Rw).contiguous()[:, :, :, None, :]
-    if _active(scratch, q, rel_pos_h, rel_pos_w) is None:
-        return (rel_h + rel_w).reshape(B, nh, N, N)
-    out = scratch.get("bias", (B * nh, H, W, H, W), q)
-    torch.add(rel_h, rel_w, out=out)
-    return out.view(B, nh, N, N)
+    return rel_h, rel_w
 
 
 def _attend_heads(attn: nn.Module, qkv: torch.Tensor, scratch: _Scratch | None) -> torch.Tensor:
@@ -89,8 +113,26 @@ def _attend_heads(attn: nn.Module, qkv: torch.Tensor, scratch: _Scratch | None) 
     B, H, W, _ = qkv.shape
     nh = attn.num_heads
     q, k, v = qkv.reshape(B, H * W, 3, nh, -1).permute(2, 0, 3, 1, 4).unbind(0)  # [B, nh, N, hd]
-    bias = _rel_pos_bias(q, attn.rel_pos_h, attn.rel_pos_w, (H, W), scratch) if attn.use_rel_pos else None
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)
+    N = H * W
+    if not attn.use_rel_pos:
+        return F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+    rel_h, rel_w = _rel_pos_terms(q, attn.rel_pos_h, attn.rel_pos_w, (H, W))
+    scratch = _active(scratch, q, attn.rel_pos_h, attn.rel_pos_w)
+    if scratch is None:  # autograd: one bias, as upstream
+        bias = (rel_h + rel_w).reshape(B, nh, N, N)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)
+    rows = max(1, min(H, _BIAS_CHUNK_NUMEL // (B * nh * W * N)))  # query rows per chunk
+    out = q.new_empty(B, nh, N, q.shape[-1]) if rows < H else None
+    for r0 in range(0, H, rows):
+        r1 = min(H, r0 + rows)
+        bias = scratch.get("bias", (B * nh, r1 - r0, W, H, W), q)
+        torch.add(rel_h[:, r0:r1], rel_w[:, r0:r1], out=bias)
+        chunk = F.scaled_dot_product_attention(q[:, :, r0 * W:r1 * W], k, v, scale=attn.scale,
+                                               attn_mask=bias.view(B, nh, (r1 - r0) * W, N))
+        if out is None:
+            return chunk
+        out[:, :, r0 * W:r1 * W] = chunk
+    return out
 
 
 def _attend(attn: nn.Module, qkv: torch.Tensor, scratch: _Scratch | None) -> torch.Tensor:

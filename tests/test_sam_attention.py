@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from pathsegmentor._compat import ensure_torchvision
+from pathsegmentor import sam_attention
 from pathsegmentor.sam_attention import use_fast_attention
 
 
@@ -28,8 +29,11 @@ def _small_encoder(img_size: int = 160) -> nn.Module:
     return enc.eval()
 
 
-@pytest.mark.parametrize("img_size", [160, 128])  # 10x10 tokens (padded windows) and 8x8 (no padding)
-def test_fast_forward_equals_upstream_in_inference(img_size):
+@pytest.mark.parametrize("img_size,chunked", [(160, False), (160, True), (128, False)])
+def test_fast_forward_equals_upstream_in_inference(img_size, chunked, monkeypatch):
+    # 10x10 tokens (padded windows) and 8x8 (no padding); chunked: global attention one query row at a time
+    if chunked:
+        monkeypatch.setattr(sam_attention, "_BIAS_CHUNK_NUMEL", 1)
     upstream = _small_encoder(img_size)
     fast = use_fast_attention(copy.deepcopy(upstream))
     x = torch.randn(2, 3, img_size, img_size)
@@ -65,3 +69,19 @@ def test_fast_forward_can_be_switched_off():
     x = torch.randn(1, 3, 160, 160)
     with torch.no_grad():
         assert torch.equal(enc(x), upstream(x))
+
+
+def test_large_scratch_buffers_are_plain_writable_tensors(monkeypatch):
+    monkeypatch.setattr(sam_attention, "_HUGE_PAGE_MIN_BYTES", 1024)  # take the huge-page path at a small size
+    buf = sam_attention._empty_cpu(4096, torch.float32)
+    small = sam_attention._empty_cpu(16, torch.float32)
+    assert buf.shape == (4096,) and buf.dtype == torch.float32 and small.shape == (16,)
+    buf.fill_(3.0)
+    assert buf.sum().item() == 3.0 * 4096
+    scratch = sam_attention._Scratch()
+    like = torch.zeros(1)
+    a = scratch.get("x", (8, 512), like)
+    b = scratch.get("x", (4, 512), like)  # smaller request: same storage, no new allocation
+    assert b.data_ptr() == a.data_ptr()
+    scratch.release()
+    assert not scratch.buffers
