@@ -5,7 +5,9 @@ Prints a table and a last line of figures:
 1. SAM ViT-B image encoder at 1024x1024: upstream ``ImageEncoderViT`` vs ours
    (``pathsegmentor-vit-b`` with the fused attention), both holding the same random weights (seeded,
    loaded into ours from a temporary official-layout ``.pth`` with ``load_sam_checkpoint``): time ratio
-   and max abs difference of the embeddings.
+   and max abs difference of the embeddings; then the encoder's useful FLOP rate as a fraction of the
+   machine's fp32 matmul rate measured in the same run, and the speed-up that running at that peak
+   would give (the bound no identical-output implementation can pass on this machine).
 2. One image, 1 vs 16 text prompts through ``segment()`` (image encoding inside both; text embeddings
    warm in the cache, as they are after first use): time ratio.
 3. ``pathsegmentor-tiny`` end to end on a 1000x1000 tile, one prompt, without and with ``mpp=0.25``,
@@ -19,6 +21,7 @@ said) on whatever the machine gives; never asserted.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import tempfile
@@ -56,6 +59,41 @@ def timed_interleaved(fa, fb, repeats: int) -> tuple[list[float], list[float]]:
     return ta, tb
 
 
+def matmul_peak_gflops(repeats: int = 10) -> float:
+    """This machine's fp32 matmul rate now: the best of ``repeats`` ``[4096, 768] x [768, 3072]`` products
+    (the shape of the ViT-B MLP), in GFLOP/s."""
+    a, b = torch.randn(4096, 768), torch.randn(768, 3072)
+    out = torch.empty(4096, 3072)
+    torch.mm(a, b, out=out)
+    best = min(timed(lambda: torch.mm(a, b, out=out), repeats))
+    return 2 * 4096 * 768 * 3072 / best / 1e9
+
+
+def vit_encoder_gflop(encoder, img_size: int) -> float:
+    """Useful fp32 GFLOP of one SAM ``ImageEncoderViT`` forward at ``img_size``: patch embedding, every
+    block's linears on the real tokens and its (windowed or global) attention, the neck. Work that
+    upstream spends on window padding is not counted, so both implementations are held to the same
+    figure."""
+    patch = encoder.patch_embed.proj
+    h = img_size // patch.stride[0]
+    n = h * h
+    dim = patch.out_channels
+    flop = 2 * n * dim * patch.in_channels * patch.kernel_size[0] * patch.kernel_size[1]
+    for blk in encoder.blocks:
+        hidden = blk.mlp.lin1.out_features
+        flop += 2 * n * (dim * 3 * dim + dim * dim + 2 * dim * hidden)
+        ws = blk.window_size
+        if ws:
+            windows = math.ceil(h / ws) ** 2
+            flop += 4 * windows * (ws * ws) ** 2 * dim  # q k^T and attn v over padded windows, as upstream
+        else:
+            flop += 4 * n * n * dim
+    for m in encoder.neck:
+        if isinstance(m, torch.nn.Conv2d):
+            flop += 2 * n * m.in_channels * m.out_channels * m.kernel_size[0] * m.kernel_size[1]
+    return flop / 1e9
+
+
 def real_tile(size: int = 1000) -> tuple[np.ndarray, str]:
     from PIL import Image
 
@@ -78,7 +116,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    reps_enc = 1 if args.quick else 2
+    reps_enc = 1 if args.quick else 3
     reps_tiny = 3 if args.quick else 5
 
     from segment_anything import SamPredictor, sam_model_registry
@@ -122,6 +160,17 @@ def main(argv=None) -> int:
             rows.append(("  encoder speed-up (upstream / ours)", f"{ratio:.2f}x", f"max abs diff {diff:.2e}"))
             figures["encoder_speedup"] = f"{ratio:.2f}x"
             figures["encoder_max_abs_diff"] = f"{diff:.1e}"
+            # how far from this machine's own limit: useful FLOP rate vs the matmul rate measured now
+            peak = matmul_peak_gflops()
+            gflop = vit_encoder_gflop(sam.image_encoder, 1024)
+            frac_ours, frac_up = gflop / min(t_ours) / peak, gflop / min(t_up) / peak
+            bound = min(t_up) / (gflop / peak)
+            rows.append(("  fp32 matmul peak now ([4096,768]x[768,3072])", f"{peak:.0f}", "GFLOP/s"))
+            rows.append((f"  encoder useful work {gflop:.0f} GFLOP: ours / upstream", f"{frac_ours:.0%}",
+                         f"upstream {frac_up:.0%} of that peak"))
+            rows.append(("  speed-up bound (upstream / ours at 100% of peak)", f"{bound:.2f}x", ""))
+            figures["encoder_frac_of_peak"] = f"{frac_ours:.2f}"
+            figures["encoder_speedup_bound"] = f"{bound:.2f}x"
         else:
             figures["encoder_ours_s"] = f"{min(t_ours):.2f}"
     del emb_ours

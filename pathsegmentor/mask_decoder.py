@@ -77,6 +77,8 @@ def _mask_decoder_class():
             super().__init__(transformer_dim=transformer_dim, transformer=transformer,
                              num_multimask_outputs=num_multimask_outputs, iou_head_depth=iou_head_depth,
                              iou_head_hidden_dim=iou_head_hidden_dim)
+            # upstream's channel LayerNorm in the upscaling, as the fused one (same keys and maths, one pass)
+            self.output_upscaling[1] = LayerNorm2d(transformer_dim // 4)
             c = transformer_dim // 8
             self.hires = hires
             self.hires_features = HighResFeatures(dim=c, skip_channels=skip_channels)
