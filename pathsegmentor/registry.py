@@ -7,7 +7,10 @@ from typing import Any
 from .config import ModelConfig, apply_overrides
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIRS = [Path(__file__).resolve().parent / "configs" / "models", REPO_ROOT / "configs" / "models"]
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+"""The configs shipped with the package: in a checkout a link to the repository's ``configs/``, in an
+installed wheel a copy of it (models, ontology, training and dataset recipes)."""
+CONFIG_DIRS = [CONFIGS_DIR / "models", REPO_ROOT / "configs" / "models"]
 
 
 def _config_files() -> dict[str, Path]:
