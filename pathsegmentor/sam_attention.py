@@ -19,6 +19,7 @@ as before, and with autograd on (training) the scratch buffer is not used.
 from __future__ import annotations
 
 import mmap
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -34,8 +35,11 @@ def _empty_cpu(numel: int, dtype: torch.dtype) -> torch.Tensor:
     nbytes = numel * torch.empty((), dtype=dtype).element_size()
     if nbytes < _HUGE_PAGE_MIN_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
         return torch.empty(numel, dtype=dtype)
-    region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    region.madvise(mmap.MADV_HUGEPAGE)
+    try:
+        region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        region.madvise(mmap.MADV_HUGEPAGE)
+    except OSError:  # no mapping or no madvise here: an ordinary allocation does the same job
+        return torch.empty(numel, dtype=dtype)
     return torch.frombuffer(region, dtype=dtype, count=numel)  # the tensor keeps the mapping alive
 
 
@@ -49,7 +53,22 @@ class _Scratch:
     """
 
     def __init__(self) -> None:
-        self.buffers: dict[str, torch.Tensor] = {}
+        self._local = threading.local()  # per thread: encoders may run in several threads at once
+
+    def __deepcopy__(self, memo) -> "_Scratch":
+        return _Scratch()  # buffers are per forward: a copied encoder starts with none
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self._local = threading.local()
+
+    @property
+    def buffers(self) -> dict[str, torch.Tensor]:
+        if not hasattr(self._local, "buffers"):
+            self._local.buffers = {}
+        return self._local.buffers
 
     def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         numel = 1

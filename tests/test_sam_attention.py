@@ -85,3 +85,28 @@ def test_large_scratch_buffers_are_plain_writable_tensors(monkeypatch):
     assert b.data_ptr() == a.data_ptr()
     scratch.release()
     assert not scratch.buffers
+
+
+def test_fast_encoder_deepcopies_and_runs_in_threads():
+    import threading
+
+    fast = use_fast_attention(_small_encoder(160))
+    clone = copy.deepcopy(fast)
+    xs = [torch.randn(1, 3, 160, 160) for _ in range(4)]
+    with torch.no_grad():
+        expected = [fast(x) for x in xs]
+        assert torch.equal(clone(xs[0]), expected[0])
+    results: dict[int, torch.Tensor] = {}
+
+    def run(i: int) -> None:
+        with torch.no_grad():
+            for _ in range(3):
+                results[i] = fast(xs[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, ref in enumerate(expected):  # one shared encoder, concurrent forwards: no buffer clobbering
+        assert torch.equal(results[i], ref), i
