@@ -4,7 +4,7 @@
 
 Used to check the shipped mask threshold without looking at the validation split.
 """
-import numpy as np, torch
+import torch
 from data_builders import load_pathseg
 from pathsegmentor import PathSegmentor
 from pathsegmentor.metrics import confusion, Counts, scores

@@ -16,7 +16,6 @@ Source classes are the label map's category names (identity mapping, ``sources/f
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np

@@ -18,6 +18,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..aperio_xml import read_annotations, region_polygon
 from ..base import SourceAdapter, SourceFormatError, SourceSample, register_source
 from ..masks import read_rgb, to_rgb
 
@@ -28,14 +29,7 @@ IGNORE_NAMES = ("ambiguous",)
 
 def parse_monusac_xml(path: str | Path) -> list[tuple[str, np.ndarray]]:
     """``(class name, float [N, 2] x/y polygon)`` for every Region, in file order."""
-    import xml.etree.ElementTree as ET
-
-    try:
-        root = ET.parse(str(path)).getroot()
-    except ET.ParseError as e:
-        raise SourceFormatError(path, f"malformed XML ({e}); expected an Aperio ImageScope <Annotations> file") from None
-    if root.tag != "Annotations":
-        raise SourceFormatError(path, f"root element is <{root.tag}>, expected <Annotations>")
+    root = read_annotations(path)
     out = []
     for ann in root.iter("Annotation"):
         names = [a.attrib.get("Name", "") for a in ann.iter("Attribute")]
@@ -47,15 +41,9 @@ def parse_monusac_xml(path: str | Path) -> list[tuple[str, np.ndarray]]:
             raise SourceFormatError(path, f"unknown class '{names[0]}'; valid: Epithelial, Lymphocyte, Neutrophil, "
                                           f"Macrophage, Ambiguous")
         for region in ann.iter("Region"):
-            pts = []
-            for v in region.iter("Vertex"):
-                try:
-                    pts.append((float(v.attrib["X"]), float(v.attrib["Y"])))
-                except (KeyError, ValueError):
-                    raise SourceFormatError(path, f"Region {region.attrib.get('Id', '?')}: a <Vertex> lacks numeric "
-                                                  f"X/Y ({v.attrib})") from None
-            if len(pts) >= 3:
-                out.append((cls, np.asarray(pts, np.float64)))
+            poly = region_polygon(path, region)
+            if poly is not None:
+                out.append((cls, poly))
     return out
 
 

@@ -18,6 +18,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..aperio_xml import microns_per_pixel, read_annotations, region_polygon
 from ..base import SourceAdapter, SourceFormatError, SourceSample, register_source
 from ..masks import check_size, colour_instances, rasterize_polygons, read_mask, read_rgb
 
@@ -26,31 +27,9 @@ IMAGE_EXTS = (".tif", ".tiff")
 
 def parse_aperio_xml(path: str | Path) -> tuple[list[np.ndarray], float | None]:
     """Polygons (``float [N, 2]`` x, y per Region) and the header's MicronsPerPixel (or None)."""
-    import xml.etree.ElementTree as ET
-
-    try:
-        root = ET.parse(str(path)).getroot()
-    except ET.ParseError as e:
-        raise SourceFormatError(path, f"malformed XML ({e}); expected an Aperio ImageScope annotation file") from None
-    if root.tag != "Annotations":
-        raise SourceFormatError(path, f"root element is <{root.tag}>, expected <Annotations> (Aperio ImageScope XML)")
-    polys = []
-    for region in root.iter("Region"):
-        pts = []
-        for v in region.iter("Vertex"):
-            try:
-                pts.append((float(v.attrib["X"]), float(v.attrib["Y"])))
-            except (KeyError, ValueError):
-                raise SourceFormatError(path, f"Region {region.attrib.get('Id', '?')}: a <Vertex> lacks numeric "
-                                              f"X/Y attributes ({v.attrib})") from None
-        if len(pts) >= 3:
-            polys.append(np.asarray(pts, np.float64))
-    mpp = root.attrib.get("MicronsPerPixel")
-    try:
-        mpp_f = float(mpp) if mpp else None
-    except ValueError:
-        mpp_f = None
-    return polys, (mpp_f if mpp_f and mpp_f > 0 else None)
+    root = read_annotations(path)
+    polys = [p for p in (region_polygon(path, r) for r in root.iter("Region")) if p is not None]
+    return polys, microns_per_pixel(root)
 
 
 def tcga_patient(stem: str) -> str:
