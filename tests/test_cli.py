@@ -1,6 +1,7 @@
 """CLI end to end on a real image, bad input (clear message, non-zero exit, nothing written), --help speed."""
 from __future__ import annotations
 
+import collections
 import json
 import subprocess
 import sys
@@ -119,6 +120,38 @@ def test_bad_input_model_without_weights(real_image, tmp_path, capsys, monkeypat
     monkeypatch.setenv("PATHSEGMENTOR_HOME", str(tmp_path / "empty-cache"))
     _bad(["segment", str(real_image), "-p", "nuclei", "--model", "pathsegmentor-vit-b"], capsys, tmp_path, 1,
          ["No weights found", "sam_vit_b_01ec64.pth"])
+
+
+def test_bad_input_checkpoint_with_wrong_keys(real_image, test_model, tmp_path, capsys):
+    import torch
+    from safetensors.torch import save_file
+
+    d = tmp_path / "bad-model"
+    test_model.save_pretrained(d)
+    state = {k: v.contiguous() for k, v in test_model.state_dict().items() if not k.startswith("text_encoder.")}
+    state["prompt_adapter.extra"] = torch.zeros(2)
+    del state["prompt_adapter.token_type"]
+    save_file(state, str(d / "model.safetensors"))
+    err = _bad(["segment", str(real_image), "-p", "nuclei", "--model", str(d)], capsys, tmp_path, None,
+               ["prompt_adapter.extra", "prompt_adapter.token_type"])
+    assert "Traceback" not in err
+
+
+class CodeDict(collections.OrderedDict):
+    """A dict subclass: saving it pickles a reference to this module's code."""
+
+
+def test_bad_input_pickled_code_checkpoint(real_image, tmp_path, capsys, monkeypatch):
+    import torch
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    torch.save(CodeDict({"image_encoder.x": torch.zeros(1)}), cache / "sam_vit_b_01ec64.pth")
+    monkeypatch.setenv("PATHSEGMENTOR_HOME", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    err = _bad(["segment", str(real_image), "-p", "nuclei", "--model", "pathsegmentor-vit-b"], capsys, tmp_path,
+               None, ["sam_vit_b_01ec64.pth", "pickled"])
+    assert "Traceback" not in err
 
 
 def test_bad_input_out_is_a_file(real_image, test_model_dir, tmp_path, capsys):
