@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,15 @@ def load_model_dir(directory: str | Path, *, overrides: dict[str, Any] | None = 
     return model
 
 
+def _unpickling_reason(error: Exception) -> str:
+    """The informative line of torch's weights-only refusal (which global it met), without terminal codes."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in str(error).splitlines()]
+    lines = [ln for ln in lines if ln]
+    hit = next((ln for ln in lines if "Unsupported global" in ln or "WeightsUnpickler error" in ln),
+               lines[0] if lines else type(error).__name__)
+    return hit.split(". ")[0][:200]  # the first sentence names the global
+
+
 def safe_torch_load(path: str | Path) -> dict[str, torch.Tensor]:
     """``torch.load(map_location="cpu", weights_only=True)``; a checkpoint with pickled code is refused."""
     path = Path(path)
@@ -138,7 +148,7 @@ def safe_torch_load(path: str | Path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"Refusing to load '{path}': it contains pickled Python code/objects, not only tensors "
-            f"({str(e).splitlines()[0][:200]}). Loading it could execute arbitrary code. Use the "
+            f"({_unpickling_reason(e)}). Loading it could execute arbitrary code. Use the "
             f"official checkpoint, or re-save its state_dict (tensors only) from a trusted environment."
         ) from e
     except (RuntimeError, EOFError, OSError) as e:
