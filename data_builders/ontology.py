@@ -18,23 +18,13 @@ Lookups are case-insensitive and accept synonyms.
 """
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from pathsegmentor.registry import configs_dir
 
-
-def _default_dir() -> Path:
-    """``configs/ontology`` of the checkout, else the copy installed inside the ``pathsegmentor`` package."""
-    checkout = Path(__file__).resolve().parent.parent / "configs" / "ontology"
-    if checkout.is_dir():
-        return checkout
-    spec = importlib.util.find_spec("pathsegmentor")
-    return Path(spec.origin).parent / "configs" / "ontology" if spec and spec.origin else checkout
-
-
-DEFAULT_DIR = _default_dir()
+DEFAULT_DIR = configs_dir() / "ontology"
 ANY_REGION = "any"
 
 

@@ -300,7 +300,8 @@ class PathSegmentor(nn.Module):
         if probs.shape[-2:] != (H, W):
             probs = F.interpolate(torch.from_numpy(probs)[None], size=(H, W), mode="bilinear",
                                   align_corners=False)[0].numpy()
-        probs = np.clip(probs, 0.0, 1.0, out=probs) if probs.dtype == np.float32 else np.clip(probs, 0.0, 1.0).astype(np.float32)
+        probs = probs.astype(np.float32, copy=False)  # our own array: clipped in place
+        np.clip(probs, 0.0, 1.0, out=probs)
         if not prompts:  # geometric prompts assert the target is there; presence is a text-prompt notion
             presence = np.ones(n, np.float32)
         present = presence >= pthr

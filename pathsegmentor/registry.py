@@ -6,19 +6,24 @@ from typing import Any
 
 from .config import ModelConfig, apply_overrides
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
-"""The configs shipped with the package: in a checkout a link to the repository's ``configs/``, in an
-installed wheel a copy of it (models, ontology, training and dataset recipes)."""
-CONFIG_DIRS = [CONFIGS_DIR / "models", REPO_ROOT / "configs" / "models"]
+_PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def configs_dir() -> Path:
+    """The configs shipped with the package (models, ontology, training and dataset recipes):
+    ``pathsegmentor/configs``, in a checkout a link to the repository's ``configs/`` and in an installed
+    wheel a copy of it; a checkout made without symlink support falls back to ``configs/`` itself."""
+    if _PACKAGE_CONFIGS.is_dir():
+        return _PACKAGE_CONFIGS
+    return _PACKAGE_CONFIGS.parent.parent / "configs"
 
 
 def _config_files() -> dict[str, Path]:
+    d = configs_dir() / "models"
+    files = sorted(d.glob("*.yaml")) + sorted(d.glob("*.json")) if d.is_dir() else []
     found: dict[str, Path] = {}
-    for d in CONFIG_DIRS:
-        if d.is_dir():
-            for f in sorted(d.glob("*.yaml")) + sorted(d.glob("*.json")):
-                found.setdefault(f.stem, f)
+    for f in files:
+        found.setdefault(f.stem, f)
     return found
 
 

@@ -18,6 +18,7 @@ as before, and with autograd on (training) the scratch buffer is not used.
 """
 from __future__ import annotations
 
+import math
 import mmap
 import threading
 
@@ -32,7 +33,7 @@ _HUGE_PAGE_MIN_BYTES = 32 * 2**20
 def _empty_cpu(numel: int, dtype: torch.dtype) -> torch.Tensor:
     """``torch.empty(numel)`` on the CPU; a large buffer is mapped with transparent huge pages where the
     OS allows it (Linux ``madvise``), so first touch faults in 2 MB pages instead of 4 KB ones."""
-    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    nbytes = numel * dtype.itemsize
     if nbytes < _HUGE_PAGE_MIN_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
         return torch.empty(numel, dtype=dtype)
     try:
@@ -71,9 +72,7 @@ class _Scratch:
         return self._local.buffers
 
     def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        numel = 1
-        for s in shape:
-            numel *= s
+        numel = math.prod(shape)
         buf = self.buffers.get(name)
         if buf is None or buf.numel() < numel or buf.dtype != like.dtype or buf.device != like.device:
             self.buffers.pop(name, None)  # free the old one before allocating the new one
@@ -140,17 +139,19 @@ def _attend_heads(attn: nn.Module, qkv: torch.Tensor, scratch: _Scratch | None) 
     if scratch is None:  # autograd: one bias, as upstream
         bias = (rel_h + rel_w).reshape(B, nh, N, N)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)
-    rows = max(1, min(H, _BIAS_CHUNK_NUMEL // (B * nh * W * N)))  # query rows per chunk
-    out = q.new_empty(B, nh, N, q.shape[-1]) if rows < H else None
-    for r0 in range(0, H, rows):
-        r1 = min(H, r0 + rows)
+    def rows_attention(r0: int, r1: int) -> torch.Tensor:  # queries of token rows r0..r1-1
         bias = scratch.get("bias", (B * nh, r1 - r0, W, H, W), q)
         torch.add(rel_h[:, r0:r1], rel_w[:, r0:r1], out=bias)
-        chunk = F.scaled_dot_product_attention(q[:, :, r0 * W:r1 * W], k, v, scale=attn.scale,
-                                               attn_mask=bias.view(B, nh, (r1 - r0) * W, N))
-        if out is None:
-            return chunk
-        out[:, :, r0 * W:r1 * W] = chunk
+        return F.scaled_dot_product_attention(q[:, :, r0 * W:r1 * W], k, v, scale=attn.scale,
+                                              attn_mask=bias.view(B, nh, (r1 - r0) * W, N))
+
+    rows = max(1, _BIAS_CHUNK_NUMEL // (B * nh * W * N))  # query rows per chunk
+    if rows >= H:
+        return rows_attention(0, H)
+    out = q.new_empty(B, nh, N, q.shape[-1])
+    for r0 in range(0, H, rows):
+        r1 = min(H, r0 + rows)
+        out[:, :, r0 * W:r1 * W] = rows_attention(r0, r1)
     return out
 
 
@@ -159,13 +160,6 @@ def _attend(attn: nn.Module, qkv: torch.Tensor, scratch: _Scratch | None) -> tor
     B, H, W, _ = qkv.shape
     out = _attend_heads(attn, qkv, scratch)
     return out.view(B, attn.num_heads, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
-
-
-def _window_grid(windows: torch.Tensor, B: int, nwh: int, nww: int) -> torch.Tensor:
-    """View ``windows [B*nwh*nww, ws, ws, C]`` as ``grid [B, nwh, ws, nww, ws, C]``, where
-    ``grid[b, i, r, j, c]`` is token ``(i*ws + r, j*ws + c)`` of the padded image."""
-    _, ws, _, C = windows.shape
-    return windows.view(B, nwh, nww, ws, ws, C).permute(0, 1, 3, 2, 4, 5)
 
 
 def _parts(n: int, ws: int) -> list[tuple[slice, slice, slice, int, int]]:
@@ -183,7 +177,8 @@ def _to_windows(x: torch.Tensor, windows: torch.Tensor, fill: torch.Tensor) -> N
     B, H, W, C = x.shape
     ws = windows.shape[1]
     nwh, nww = -(-H // ws), -(-W // ws)
-    grid = _window_grid(windows, B, nwh, nww)
+    # grid[b, i, r, j, c] = padded token (i*ws + r, j*ws + c)
+    grid = windows.view(B, nwh, nww, ws, ws, C).permute(0, 1, 3, 2, 4, 5)
     for ys, yi, yo, ny, ly in _parts(H, ws):
         for xs, xi, xo, nx, lx in _parts(W, ws):
             grid[:, yi, yo, xi, xo] = x[:, ys, xs].view(B, ny, ly, nx, lx, C)
@@ -193,11 +188,10 @@ def _to_windows(x: torch.Tensor, windows: torch.Tensor, fill: torch.Tensor) -> N
         grid[:, :, :, nww - 1, W % ws:] = fill
 
 
-def _from_windows(heads: torch.Tensor, H: int, W: int) -> torch.Tensor:
+def _from_windows(heads: torch.Tensor, H: int, W: int, ws: int) -> torch.Tensor:
     """Windowed attention output per head ``[B*nwh*nww, nh, ws*ws, hd]`` -> a contiguous ``[B, H, W, nh*hd]``:
     heads merged, SAM's ``window_unpartition`` and crop, in one pass."""
-    n, nh, wsws, hd = heads.shape
-    ws = round(wsws ** 0.5)
+    n, nh, _, hd = heads.shape
     nwh, nww = -(-H // ws), -(-W // ws)
     B = n // (nwh * nww)
     # grid[b, i, r, j, c, head] = padded token (i*ws + r, j*ws + c)
@@ -229,7 +223,7 @@ def _fast_block_forward(self, x: torch.Tensor) -> torch.Tensor:
         # upstream pads the normalised tokens with zeros before qkv: padding tokens become qkv(0)
         fill = attn.qkv.bias if attn.qkv.bias is not None else qkv.new_zeros(C3)
         _to_windows(qkv, windows, fill.to(qkv.dtype))
-        out = _from_windows(_attend_heads(attn, windows, scratch), H, W)
+        out = _from_windows(_attend_heads(attn, windows, scratch), H, W, ws)
     else:
         out = _attend(attn, qkv, scratch)
     mlp = self.mlp

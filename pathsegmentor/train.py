@@ -107,9 +107,9 @@ def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) ->
     if path:
         path = Path(path)
         if not path.is_file():
-            from .registry import CONFIGS_DIR
+            from .registry import configs_dir
 
-            shipped = sorted(str(f) for f in (CONFIGS_DIR / "train").glob("*.yaml"))
+            shipped = sorted(str(f) for f in (configs_dir() / "train").glob("*.yaml"))
             raise FileNotFoundError(f"Training config not found: '{path}'. Recipes shipped with the package: "
                                     f"{shipped}; copy one and edit it, or pass key=value overrides.")
         data = yaml.safe_load(path.read_text()) or {}

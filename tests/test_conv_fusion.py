@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from pathsegmentor import create_model
@@ -67,12 +68,8 @@ def test_holder_refuses_training_mode_and_is_not_shared_by_deepcopy():
     enc = _timm_encoder()
     holder = FoldedInferenceCopy()
     enc.backbone.train()
-    try:
+    with pytest.raises(RuntimeError, match="eval"):
         holder.get(enc.backbone)
-    except RuntimeError as e:
-        assert "eval" in str(e)
-    else:
-        raise AssertionError("training-mode module accepted")
     enc.eval()
     with torch.no_grad():
         enc.forward_features(torch.randn(1, 3, 64, 64))
