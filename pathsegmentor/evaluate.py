@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .collectives import all_gather_objects
 from .metrics import Counts, aggregated_jaccard_index, confusion, panoptic_quality, scores
 
 NUCLEUS_WORDS = ("nucle", "cell", "lymphocyte", "neutrophil", "macrophage", "eosinophil", "plasma")
@@ -161,7 +162,6 @@ def evaluate(model, corpus, split: str, *, out_dir: str | Path | None = None, so
     Returns ``{"rows": [...], "tables": {...}}`` and, with ``out_dir``, writes ``rows.csv``,
     ``metrics.json``, ``metrics.md`` and ``dice_by_category.png`` there.
     """
-    import torch
     from tqdm.auto import tqdm
 
     if split not in corpus.images:
@@ -175,13 +175,13 @@ def evaluate(model, corpus, split: str, *, out_dir: str | Path | None = None, so
         idx = idx[:limit]
     rows: list[dict[str, Any]] = []
     if accelerator is not None and accelerator.num_processes > 1:
-        loader = torch.utils.data.DataLoader(idx, batch_size=1, collate_fn=lambda b: b)
-        loader = accelerator.prepare_data_loader(loader, device_placement=False)
-        local: list[list[dict[str, Any]]] = []
-        for batch in tqdm(loader, desc=f"evaluate {split}", disable=not (progress and accelerator.is_main_process)):
-            local.append(evaluate_image(model, {**corpus.sample(split, int(batch[0]))}, cross_prompts=cross_prompts))
-        gathered = accelerator.gather_for_metrics(local, use_gather_object=True)
-        rows = [r for per_image in gathered for r in per_image]
+        # rank r takes images r, r + world, ...: every image once, rows merged back in corpus order
+        mine = idx[accelerator.process_index::accelerator.num_processes]
+        local = [(i, evaluate_image(model, corpus.sample(split, i), cross_prompts=cross_prompts))
+                 for i in tqdm(mine, desc=f"evaluate {split}", disable=not (progress and accelerator.is_main_process))]
+        gathered = sorted((pair for part in all_gather_objects(local, accelerator.device) for pair in part),
+                          key=lambda pair: pair[0])
+        rows = [r for _, per_image in gathered for r in per_image]
     else:
         for i in tqdm(idx, desc=f"evaluate {split}", disable=not progress):
             rows.extend(evaluate_image(model, corpus.sample(split, i), cross_prompts=cross_prompts))
@@ -236,7 +236,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from accelerate import Accelerator
 
-    from .train import open_corpus  # noqa: F401  (shared corpus opening with clear errors)
     from .weights import from_pretrained
 
     data = Path(args.data)

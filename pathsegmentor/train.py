@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from .collectives import all_gather_objects, mean_across_ranks
 from .config import ConfigError, from_dict
 from .data import DataConfig
 from .losses import LossConfig
@@ -377,8 +378,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         step += 1
         bar.update(1)
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-            means = {k: v / n_acc for k, v in sums.items()}
-            means = {k: float(accelerator.reduce(torch.tensor(v, device=accelerator.device), "mean")) for k, v in means.items()}
+            means = mean_across_ranks({k: v / n_acc for k, v in sums.items()}, accelerator.device)
             dt = time.time() - t0
             row = {"step": step, **{k: round(v, 6) for k, v in means.items()},
                    "lr": scheduler.get_last_lr()[0], "samples_per_s": round(samples_since / max(dt, 1e-9), 3),
@@ -409,12 +409,11 @@ def run_training(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     # per-rank parameter checksums: identical across ranks when DDP kept the replicas in sync
     with torch.no_grad():
         checksum = float(sum(p.double().sum() + (p.double() ** 2).sum() for p in unwrapped.parameters()))
-    from accelerate.utils import gather_object
-
-    checksums = gather_object([checksum])
     import resource
 
-    peak_mb = gather_object([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0])
+    per_rank = all_gather_objects((checksum, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0),
+                                  accelerator.device)
+    checksums, peak_mb = [c for c, _ in per_rank], [m for _, m in per_rank]
     samples = (step - start_step) * global_batch
     result = {"steps": step, "num_processes": accelerator.num_processes, "param_checksums": checksums,
               "samples_per_s": round(samples / max(time.time() - t0, 1e-9), 3), "peak_rss_mb_per_rank": peak_mb,

@@ -74,6 +74,23 @@ def test_two_process_ddp_gloo(tmp_path, tiny_corpus):
     assert summary["last_loss"] < summary["first_loss"]
 
 
+@pytest.mark.slow
+def test_two_process_evaluate_matches_one(tmp_path, tiny_corpus, test_model_dir):
+    """torchrun evaluation: images split by rank, rows gathered back in corpus order, same report."""
+    args = ["--model", str(test_model_dir), "--data", str(tiny_corpus), "--split", "train"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    one = subprocess.run([sys.executable, "-m", "pathsegmentor.evaluate", *args, "--out", str(tmp_path / "one")],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(["torchrun", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
+                          str(_free_port()), "-m", "pathsegmentor.evaluate", *args, "--out", str(tmp_path / "two")],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    rows_one = (tmp_path / "one" / "rows.csv").read_text()
+    assert rows_one.count("\n") > 6  # header + one row per (image, prompt)
+    assert (tmp_path / "two" / "rows.csv").read_text() == rows_one
+
+
 def test_exact_resume_after_kill(tmp_path, tiny_corpus):
     common = ["--config", str(TEST_RECIPE), f"data.corpus={tiny_corpus}", "train.steps=6", "train.save_every=3"]
     straight = tmp_path / "straight"

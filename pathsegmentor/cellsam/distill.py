@@ -31,6 +31,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from ..collectives import mean_across_ranks
 from ..config import ConfigError, from_dict
 from ..train import LoopConfig, ModelSection, OptimConfig
 
@@ -562,8 +563,7 @@ def run_distillation(cfg: DistillConfig, *, resume: bool = False) -> dict[str, A
         step += 1
         bar.update(1)
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-            means = {k: float(accelerator.reduce(torch.tensor(v / n_acc, device=accelerator.device), "mean"))
-                     for k, v in sums.items()}
+            means = mean_across_ranks({k: v / n_acc for k, v in sums.items()}, accelerator.device)
             row = {"step": step, **{k: round(v, 6) for k, v in means.items()}, "lr": scheduler.get_last_lr()[0],
                    "elapsed_s": round(time.time() - t0, 2)}
             first_loss = means["loss"] if first_loss is None else first_loss
