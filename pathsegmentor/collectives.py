@@ -4,8 +4,9 @@ Why not ``accelerate.utils.gather_object`` / ``accelerator.reduce``: with the gl
 worker thread that ran a collective frees the collective (and the Python tensors it holds) *after*
 the waiting rank has already resumed. Freeing a Python-owned tensor needs the GIL. If the main thread
 meanwhile drops the last reference to the process group (DDP's reducer at the end of a run), the
-group's destructor joins that worker thread *while holding the GIL*: both wait for ever. Measured on
-a loaded 2-core machine: about one two-process run in ten hung after its last ``gather_object``.
+group's destructor joins that worker thread *while holding the GIL*: both wait for ever. On a loaded
+machine two-process runs hung this way after their last ``gather_object`` (``bench/ddp_exit.py``
+repeats such runs under load and counts the ones that do not exit).
 
 The functions here keep the handles of their own collectives (and so their tensors) alive in this
 module until the next gather has completed, so a gloo worker never frees a Python tensor: the

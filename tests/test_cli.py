@@ -1,4 +1,4 @@
-"""CLI end to end on a real image, bad input (clear message, non-zero exit, nothing written), --help speed."""
+"""CLI end to end on a real image, bad input (clear message, non-zero exit, nothing written), a light --help."""
 from __future__ import annotations
 
 import collections

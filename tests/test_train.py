@@ -33,9 +33,10 @@ def _cfg(tmp: Path, corpus: Path, *extra: str):
     return load_train_config(TEST_RECIPE, [f"data.corpus={corpus}", f"output_dir={tmp}", *extra])
 
 
-def _run_cli(args: list[str], *, launcher: list[str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def _run_cli(args: list[str], *, launcher: list[str] | None = None, module: str = "pathsegmentor.train",
+             timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = (launcher or [sys.executable]) + ["-m", "pathsegmentor.train", *args]
+    cmd = (launcher or [sys.executable]) + ["-m", module, *args]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -78,13 +79,11 @@ def test_two_process_ddp_gloo(tmp_path, tiny_corpus):
 def test_two_process_evaluate_matches_one(tmp_path, tiny_corpus, test_model_dir):
     """torchrun evaluation: images split by rank, rows gathered back in corpus order, same report."""
     args = ["--model", str(test_model_dir), "--data", str(tiny_corpus), "--split", "train"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    one = subprocess.run([sys.executable, "-m", "pathsegmentor.evaluate", *args, "--out", str(tmp_path / "one")],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    one = _run_cli([*args, "--out", str(tmp_path / "one")], module="pathsegmentor.evaluate")
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run(["torchrun", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
-                          str(_free_port()), "-m", "pathsegmentor.evaluate", *args, "--out", str(tmp_path / "two")],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    two = _run_cli([*args, "--out", str(tmp_path / "two")], module="pathsegmentor.evaluate",
+                   launcher=["torchrun", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                             "--master_port", str(_free_port())])
     assert two.returncode == 0, two.stderr[-3000:]
     rows_one = (tmp_path / "one" / "rows.csv").read_text()
     assert rows_one.count("\n") > 6  # header + one row per (image, prompt)
