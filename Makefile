@@ -16,6 +16,8 @@ eval-tiny:
 	pathsegmentor evaluate --model $(RUN)/model --data $(CORPUS) --split validation --out $(RUN)/eval-validation \
 	  --cross-prompt gland --cross-prompt nuclei --cross-prompt "inflammatory nuclei" \
 	  --cross-prompt "cell nuclei" --cross-prompt nucleus --cross-prompt "glandular structures"
+	python -m pathsegmentor.evaluation.vocabulary $(RUN)/model --counts $(CORPUS)/report/counts.csv \
+	  --by-category $(RUN)/eval-validation/by_category.csv
 
 test:
 	python -m pytest -q

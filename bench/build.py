@@ -25,7 +25,7 @@ CHILD = r"""
 import json, resource, sys, time
 sys.path.insert(0, {repo!r})
 from data_builders import build, load_pathseg
-from data_builders.builder import load_recipe
+from data_builders.recipe import load_recipe
 base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 sources, options, base = load_recipe({recipe!r})
 t = time.perf_counter()

@@ -3,7 +3,7 @@
 1. Time per 1024x1024 tile of ``model.segment(tile, "nuclei")`` for ``cellsam-vit-b`` (SAM ViT-B
    teacher with fast attention, resnet18 student; random weights) in student, teacher and fused
    mode, reported as ratios to student mode measured in the same run.
-2. A short distillation (``pathsegmentor.cellsam.distill``) on the shared real data: resnet18 student,
+2. A short distillation (``pathsegmentor.training.distillation``) on the shared real data: resnet18 student,
    random ViT-B teacher built at ``--crop`` px (the teacher's cost at 1024 px would not fit a few
    minutes on a CPU), whole images held out; the student's embedding cosine similarity to the teacher's
    on held-out tiles before and after, beside a constant predictor (the mean teacher embedding of
@@ -54,7 +54,7 @@ def distill(args, out: Path) -> dict:
     import torch
     from safetensors import safe_open
 
-    from pathsegmentor.cellsam.distill import load_distill_config, run_distillation
+    from pathsegmentor.training.distillation import load_distill_config, run_distillation
 
     overrides = [f"output_dir={out}", "model.name=cellsam-vit-b",
                  f"model.overrides={{'preprocess.input_size': {args.crop}}}",

@@ -3,8 +3,8 @@
     python bench/ddp_exit.py [--runs 20] [--timeout 90] [--no-load]
 
 Builds a small generated corpus, starts a background process that keeps one core busy with matmuls
-(the contention under which gloo's teardown deadlock showed up; see ``pathsegmentor.collectives``),
-then runs ``torchrun --nproc_per_node 2 -m pathsegmentor.train`` (the test recipe, 20 steps) ``--runs``
+(the contention under which gloo's teardown deadlock showed up; see ``pathsegmentor.training.collectives``),
+then runs ``torchrun --nproc_per_node 2 -m pathsegmentor.training`` (the test recipe, 20 steps) ``--runs``
 times. A run that has not exited after ``--timeout`` seconds is counted as hung and killed. Prints one
 line per run and a last line of figures. A reliability check, not a speed figure.
 """
@@ -44,7 +44,7 @@ def main() -> None:
             build({"folder": write_folder_dataset(tmp / "src", n=8, size=96)}, corpus, val_fraction=0.25, seed=0)
             for i in range(args.runs):
                 cmd = ["torchrun", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
-                       str(_port()), "-m", "pathsegmentor.train", "--config", str(REPO / "configs/train/test.yaml"),
+                       str(_port()), "-m", "pathsegmentor.training", "--config", str(REPO / "configs/train/test.yaml"),
                        f"data.corpus={corpus}", f"output_dir={tmp / f'run{i}'}", "train.steps=20",
                        "train.log_every=10", "train.save_every=20"]
                 t = time.perf_counter()

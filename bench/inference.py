@@ -131,7 +131,8 @@ def main(argv=None) -> int:
     from segment_anything import SamPredictor, sam_model_registry
 
     from pathsegmentor import create_model, load_sam_checkpoint
-    from pathsegmentor.weights import WeightsNotFoundError, from_pretrained
+    from pathsegmentor import from_pretrained
+    from pathsegmentor.modeling.weights import WeightsNotFoundError
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {'quick' if args.quick else 'full'} run")
     rows: list[tuple[str, str, str]] = []

@@ -33,7 +33,7 @@ import numpy as np, torch
 torch.set_num_threads({threads})
 from pathsegmentor._compat import ensure_torchvision
 ensure_torchvision()
-from pathsegmentor.registry import create_model
+from pathsegmentor import create_model, segment_slide
 torch.manual_seed(0)
 model = create_model({model!r}).eval()
 prompts = {prompts!r}
@@ -47,7 +47,7 @@ while time.perf_counter() - t < {single_seconds} or n < 5:
 single_rate = n / (time.perf_counter() - t)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
-res = model.segment_slide({slide!r}, prompts, out={out!r}, progress=False, geojson=True)
+res = segment_slide(model, {slide!r}, prompts, out={out!r}, progress=False, geojson=True)
 wall = time.perf_counter() - t
 s = res.summary
 print(json.dumps({{"single_tiles_per_s": single_rate, "wall_s": wall, "infer_s": res.extra["infer_seconds"],

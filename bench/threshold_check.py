@@ -7,7 +7,7 @@ Used to check the shipped mask threshold without looking at the validation split
 import torch
 from data_builders import load_pathseg
 from pathsegmentor import PathSegmentor
-from pathsegmentor.metrics import confusion, Counts, scores
+from pathsegmentor.evaluation.metrics import confusion, Counts, scores
 torch.set_num_threads(2)
 m = PathSegmentor.from_pretrained("pathsegmentor-tiny")
 c = load_pathseg("runs/pathseg-shared")

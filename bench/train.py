@@ -2,7 +2,7 @@
 
     python bench/train.py [--steps 20] [--model pathsegmentor-tiny] [--crop 256]
 
-Builds a small generated corpus (data_builders.synthetic), then runs ``pathsegmentor.train`` as
+Builds a small generated corpus (data_builders.synthetic), then runs ``python -m pathsegmentor.training`` as
 subprocesses: full mode (1 process), embedding-cache mode (1 process; cache build reported apart),
 full mode with 2 processes (torchrun, gloo). Samples/s exclude start-up; ratios are against full mode
 with 1 process measured in the same run. Prints a table and a last line of figures.
@@ -31,7 +31,7 @@ def run(out: Path, corpus: Path, args, extra: list[str], procs: int = 1) -> dict
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable] if procs == 1 else ["torchrun", "--nproc_per_node", str(procs), "--master_addr",
                                                  "127.0.0.1", "--master_port", str(_port())]
-    cmd += ["-m", "pathsegmentor.train", "--config", str(REPO / "configs/train/test.yaml"), f"output_dir={out}",
+    cmd += ["-m", "pathsegmentor.training", "--config", str(REPO / "configs/train/test.yaml"), f"output_dir={out}",
             f"data.corpus={corpus}", f"model.name={args.model}", f"train.steps={args.steps}",
             f"train.batch_size={args.batch}", f"data.crop={args.crop}", "train.save_every=100000",
             f"train.log_every={args.steps}", "data.prompts_per_image=4"] + extra

@@ -6,7 +6,7 @@ dependencies (datasets, tifffile, scipy) are imported inside the functions that 
 from __future__ import annotations
 
 from .base import SourceAdapter, SourceFormatError, SourceSample, get_source, list_sources, register_source
-from .ontology import Ontology, OntologyError
+from pathsegmentor.ontology import Ontology, OntologyError
 
 __all__ = [
     "SourceAdapter", "SourceFormatError", "SourceSample", "get_source", "list_sources", "register_source",
@@ -15,10 +15,14 @@ __all__ = [
 
 
 def __getattr__(name):  # lazy: keep `import data_builders` light
-    if name in ("build", "BuildError"):
-        from . import builder
+    if name == "build":
+        from .builder import build
 
-        return getattr(builder, name)
+        return build
+    if name == "BuildError":
+        from .recipe import BuildError
+
+        return BuildError
     if name in ("load_pathseg", "PathSegCorpus"):
         from . import corpus
 

@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         argv = argv[1:]
     args = _build_parser().parse_args(argv)
     from .base import list_sources
-    from .builder import BuildError, build, load_recipe
+    from .builder import build
+    from .recipe import BuildError, load_recipe
 
     if args.list_sources:
         print("\n".join(list_sources()))

@@ -1,4 +1,5 @@
-"""Reading a PathSeg corpus: ``load_pathseg(DIR)`` -> :class:`PathSegCorpus`."""
+"""The PathSeg corpus format (``FORMAT``, ``FORMAT_VERSION``, the ``CORPUS_ENTRIES`` of a corpus folder) and
+reading a corpus: ``load_pathseg(DIR)`` -> :class:`PathSegCorpus`."""
 from __future__ import annotations
 
 import json
@@ -7,9 +8,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .builder import FORMAT
 from .masks import decode_png
-from .ontology import Ontology
+from pathsegmentor.ontology import Ontology
+
+FORMAT = "pathseg-corpus"
+FORMAT_VERSION = 1
+CORPUS_ENTRIES = ("images", "triples", "report", "ontology.yaml", "manifest.json")
 
 
 class PathSegCorpus:

@@ -4,6 +4,7 @@
 >>> model = PathSegmentor.from_pretrained("pathsegmentor-tiny")
 >>> res = model.segment("tile.png", ["tumor nuclei", "gland"], mpp=0.25)
 >>> res.masks.shape  # (2, H, W)
+>>> segment_slide(model, "slide.svs", ["nuclei", "stroma"], out="slide_out/")  # streamed to disk
 
 Importing this package is light: torch, segment_anything, timm, transformers and open_clip are
 imported when a model is built, not here.
@@ -15,16 +16,17 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = ["PathSegmentor", "SegmentationResult", "create_model", "list_models", "from_pretrained",
-           "load_sam_checkpoint", "ModelConfig", "__version__"]
+           "load_sam_checkpoint", "segment_slide", "ModelConfig", "__version__"]
 
 _LAZY = {
-    "PathSegmentor": ("pathsegmentor.model", "PathSegmentor"),
-    "SegmentationResult": ("pathsegmentor.result", "SegmentationResult"),
-    "create_model": ("pathsegmentor.registry", "create_model"),
-    "list_models": ("pathsegmentor.registry", "list_models"),
-    "from_pretrained": ("pathsegmentor.weights", "from_pretrained"),
-    "load_sam_checkpoint": ("pathsegmentor.weights", "load_sam_checkpoint"),
-    "ModelConfig": ("pathsegmentor.config", "ModelConfig"),
+    "PathSegmentor": ("pathsegmentor.modeling.model", "PathSegmentor"),
+    "SegmentationResult": ("pathsegmentor.inference.result", "SegmentationResult"),
+    "create_model": ("pathsegmentor.modeling.factory", "create_model"),
+    "list_models": ("pathsegmentor.modeling.registry", "list_models"),
+    "from_pretrained": ("pathsegmentor.modeling.factory", "from_pretrained"),
+    "load_sam_checkpoint": ("pathsegmentor.modeling.weights", "load_sam_checkpoint"),
+    "ModelConfig": ("pathsegmentor.modeling.config", "ModelConfig"),
+    "segment_slide": ("pathsegmentor.slide", "segment_slide"),
 }
 
 
@@ -38,8 +40,10 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .config import ModelConfig
-    from .model import PathSegmentor
-    from .registry import create_model, list_models
-    from .result import SegmentationResult
-    from .weights import from_pretrained, load_sam_checkpoint
+    from .modeling.config import ModelConfig
+    from .modeling.model import PathSegmentor
+    from .modeling.factory import create_model, from_pretrained
+    from .modeling.registry import list_models
+    from .inference.result import SegmentationResult
+    from .modeling.weights import load_sam_checkpoint
+    from .slide import segment_slide

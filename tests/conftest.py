@@ -42,3 +42,24 @@ def test_model_dir(test_model, tmp_path_factory):
     d = tmp_path_factory.mktemp("pathsegmentor-test-model")
     test_model.save_pretrained(d)
     return d
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory) -> Path:
+    """The synthetic fixture slide of the slide tests (layout in slide_helpers.py), written once per module."""
+    from slide_helpers import slide_spec
+
+    from pathsegmentor.slide.synthetic import write_slide
+
+    return write_slide(tmp_path_factory.mktemp("slide") / "case.tif", slide_spec())
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The test model is tiny: one thread is fastest and avoids oversubscribing shared CPUs (slide tests)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

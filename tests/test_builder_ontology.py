@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from data_builders import list_sources, get_source
-from data_builders.ontology import Ontology, OntologyError
+from pathsegmentor.ontology import Ontology, OntologyError
 
 REQUIRED = ["nuclei", "gland", "tumor nuclei", "healthy epithelial nuclei", "epithelial nuclei", "inflammatory nuclei",
             "fibroblast nuclei", "muscle nuclei", "endothelial nuclei", "other nuclei", "spindle-shaped nuclei",

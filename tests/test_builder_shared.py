@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from data_builders import build, load_pathseg
-from data_builders.builder import load_recipe
+from data_builders.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

@@ -10,11 +10,12 @@ import torch
 
 from pathsegmentor import create_model, list_models
 from pathsegmentor.cellsam import BRANCHES, MODES
-from pathsegmentor.cellsam.distill import TeacherCache, distillation_loss, main as distill_main
+from pathsegmentor.training.distillation import TeacherCache, distillation_loss, main as distill_main
 from pathsegmentor.cellsam.model import CellSAM, CellSAMOutput
-from pathsegmentor.config import ConfigError
-from pathsegmentor.registry import UNUSED_SAM_PARTS
-from pathsegmentor.weights import CheckpointError, from_pretrained, load_sam_checkpoint
+from pathsegmentor.modeling.config import ConfigError
+from pathsegmentor.modeling.build import UNUSED_SAM_PARTS
+from pathsegmentor import from_pretrained
+from pathsegmentor.modeling.weights import CheckpointError, load_sam_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -73,8 +74,8 @@ def test_registered_variants_and_config_errors():
 
 @pytest.mark.parametrize("aggregation,fusion", [("concat", "gate"), ("gated", "average")])
 def test_fused_forward_backward_reaches_every_trainable_part(aggregation, fusion):
-    from pathsegmentor.cellsam.fusion import fused_segmentation_loss
-    from pathsegmentor.losses import LossConfig
+    from pathsegmentor.training.losses import fused_segmentation_loss
+    from pathsegmentor.training.losses import LossConfig
 
     torch.manual_seed(0)
     model = create_model("cellsam-test", overrides={"image_encoder.aggregation": aggregation,
@@ -301,7 +302,7 @@ def test_distill_bad_input_clear_errors(tmp_path, capsys):
 
 
 def test_paper_metrics_by_hand():
-    from pathsegmentor.cellsam.metrics import cellsam_scores, evaluate_masks
+    from pathsegmentor.evaluation.cellsam_metrics import cellsam_scores, evaluate_masks
 
     target = np.array([[1, 1, 0, 0], [1, 0, 0, 0]], bool)  # 3 positive pixels of 8
     pred = np.array([[1, 0, 1, 0], [1, 0, 0, 0]], bool)  # TP 2, FP 1, FN 1, TN 4

@@ -4,7 +4,7 @@ with the collectives' handles kept for the main thread to release.
 The two-process paths run for real in tests/test_train.py (torchrun training and evaluation)."""
 from __future__ import annotations
 
-from pathsegmentor import collectives
+from pathsegmentor.training import collectives
 
 
 def test_single_process_gather_is_identity_without_a_group():

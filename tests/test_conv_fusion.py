@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from pathsegmentor import create_model
-from pathsegmentor.conv_fusion import FoldedInferenceCopy, fold_for_inference
-from pathsegmentor.image_encoder import LayerNorm2d
+from pathsegmentor.modeling.conv_fusion import FoldedInferenceCopy, fold_for_inference
+from pathsegmentor.modeling.image_encoder import LayerNorm2d
 
 
 def _timm_encoder():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pathsegmentor.image_io import ImageReadError, read_image, to_rgb_uint8
+from pathsegmentor.inference.image_io import ImageReadError, read_image, to_rgb_uint8
 
 H, W = 70, 90
 

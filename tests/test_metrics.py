@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pathsegmentor.evaluate import summarize
-from pathsegmentor.instances import separate_instances
-from pathsegmentor.metrics import (Counts, aggregated_jaccard_index, confusion, panoptic_quality, scores)
+from pathsegmentor.evaluation.evaluate import summarize
+from pathsegmentor.inference.instances import separate_instances
+from pathsegmentor.evaluation.metrics import (Counts, aggregated_jaccard_index, confusion, panoptic_quality, scores)
 
 
 def test_confusion_and_scores_by_hand():

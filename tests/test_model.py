@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from pathsegmentor import create_model, list_models
-from pathsegmentor.registry import UNUSED_SAM_PARTS
-from pathsegmentor.weights import from_pretrained
+from pathsegmentor.modeling.build import UNUSED_SAM_PARTS
+from pathsegmentor import from_pretrained
 
 
 def _pixels(model, b=2, size=128, seed=0):

@@ -25,21 +25,24 @@ def test_wheel_is_self_contained(tmp_path):
                      "pathsegmentor/configs/ontology/categories.yaml",
                      "pathsegmentor/configs/train/tiny-cpu.yaml",
                      "pathsegmentor/weights/pathsegmentor-tiny/model.safetensors",
-                     "data_builders/ontology.py"):
+                     "pathsegmentor/ontology.py"):
         assert required in names, f"{required} missing from {wheel.name}"
     assert any(n.startswith("pathsegmentor/samples/") for n in names)
+    (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    assert "pathsegmentor.image_encoders" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
     # import from the unpacked wheel, away from the checkout, and use the packaged files
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = (
-        "import pathsegmentor, data_builders.ontology as o\n"
+        "import pathsegmentor, pathsegmentor.ontology as o\n"
         "from pathsegmentor import list_models, PathSegmentor\n"
         f"assert pathsegmentor.__file__.startswith({str(site)!r}), pathsegmentor.__file__\n"
         f"assert str(o.DEFAULT_DIR).startswith({str(site)!r}), o.DEFAULT_DIR\n"
         "assert {'pathsegmentor-tiny', 'pathsegmentor-vit-b', 'pathsegmentor-test'} <= set(list_models())\n"
         "assert len(o.Ontology.load().categories) > 100\n"
         "m = PathSegmentor.from_pretrained('pathsegmentor-tiny')\n"
+        "assert type(pathsegmentor.create_model('cellsam-test')).__name__ == 'CellSAM'  # plug-in via entry point\n"
         "print('ok', m.name)\n"
     )
     env = dict(os.environ, PYTHONPATH=str(site), HF_HUB_OFFLINE="1")

@@ -1,4 +1,4 @@
-"""The fast SAM ViT block forward (:mod:`pathsegmentor.sam_attention`) against upstream's, on a small
+"""The fast SAM ViT block forward (:mod:`pathsegmentor.modeling.sam_attention`) against upstream's, on a small
 encoder whose token grid is not a multiple of the window size (so the padding path runs)."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from pathsegmentor._compat import ensure_torchvision
-from pathsegmentor import sam_attention
-from pathsegmentor.sam_attention import use_fast_attention
+from pathsegmentor.modeling import sam_attention
+from pathsegmentor.modeling.sam_attention import use_fast_attention
 
 
 def _small_encoder(img_size: int = 160) -> nn.Module:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pathsegmentor.metrics import dice
+from pathsegmentor.evaluation.metrics import dice
 
 SAMPLES = Path(__file__).resolve().parent.parent / "pathsegmentor" / "samples"
 WEIGHTS = Path(__file__).resolve().parent.parent / "pathsegmentor" / "weights" / "pathsegmentor-tiny"

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from data_builders import SourceFormatError, get_source
-from data_builders.ontology import Ontology
+from pathsegmentor.ontology import Ontology
 
 
 def write(root, stem, mask, sub="masks", suffix=".png"):

@@ -221,7 +221,7 @@ def test_mapping_table_covers_adapter_classes(name):
 
 
 def test_mapping_tables_resolve_in_the_ontology():
-    from data_builders.ontology import Ontology
+    from pathsegmentor.ontology import Ontology
 
     onto = Ontology.load()
     onto.validate({n: get_source(n).classes for n in MINE}, orphans=False)  # raises listing every problem

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from pathsegmentor import create_model
-from pathsegmentor.config import TextEncoderConfig
-from pathsegmentor.text_encoder import (OpenClipTextEncoder, TransformersTextEncoder, build_text_encoder,
+from pathsegmentor.modeling.config import TextEncoderConfig
+from pathsegmentor.modeling.text_encoder import (OpenClipTextEncoder, TransformersTextEncoder, build_text_encoder,
                                         minilm_path, minilm_text_encoder)
 
 WORDS = ["tumor", "nuclei", "nucleus", "gland", "glands", "stroma", "inflammatory", "cells", "lymphocytes",

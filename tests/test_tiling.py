@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pathsegmentor.tiling import BlendAccumulator, blend_weights, tile_grid
+from pathsegmentor.inference.tiling import BlendAccumulator, blend_weights, tile_grid
 
 CASES = [(300, 263, 128, 32), (1000, 1000, 256, 64), (128, 128, 128, 32), (50, 700, 128, 0), (129, 257, 128, 127),
          (1, 1, 16, 4), (999, 17, 100, 10)]

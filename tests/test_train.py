@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pathsegmentor.config import ConfigError
-from pathsegmentor.train import load_train_config, run_training
+from pathsegmentor.modeling.config import ConfigError
+from pathsegmentor.training.segmentation import load_train_config, run_training
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_RECIPE = REPO / "configs" / "train" / "test.yaml"
@@ -33,7 +33,7 @@ def _cfg(tmp: Path, corpus: Path, *extra: str):
     return load_train_config(TEST_RECIPE, [f"data.corpus={corpus}", f"output_dir={tmp}", *extra])
 
 
-def _run_cli(args: list[str], *, launcher: list[str] | None = None, module: str = "pathsegmentor.train",
+def _run_cli(args: list[str], *, launcher: list[str] | None = None, module: str = "pathsegmentor.training",
              timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = (launcher or [sys.executable]) + ["-m", module, *args]
@@ -79,9 +79,9 @@ def test_two_process_ddp_gloo(tmp_path, tiny_corpus):
 def test_two_process_evaluate_matches_one(tmp_path, tiny_corpus, test_model_dir):
     """torchrun evaluation: images split by rank, rows gathered back in corpus order, same report."""
     args = ["--model", str(test_model_dir), "--data", str(tiny_corpus), "--split", "train"]
-    one = _run_cli([*args, "--out", str(tmp_path / "one")], module="pathsegmentor.evaluate")
+    one = _run_cli([*args, "--out", str(tmp_path / "one")], module="pathsegmentor.evaluation.evaluate")
     assert one.returncode == 0, one.stderr[-3000:]
-    two = _run_cli([*args, "--out", str(tmp_path / "two")], module="pathsegmentor.evaluate",
+    two = _run_cli([*args, "--out", str(tmp_path / "two")], module="pathsegmentor.evaluation.evaluate",
                    launcher=["torchrun", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                              "--master_port", str(_free_port())])
     assert two.returncode == 0, two.stderr[-3000:]
@@ -110,8 +110,8 @@ def test_exact_resume_after_kill(tmp_path, tiny_corpus):
 def test_embedding_cache_mode_then_evaluate(tmp_path, tiny_corpus):
     from data_builders import load_pathseg
 
-    from pathsegmentor.evaluate import evaluate
-    from pathsegmentor.weights import from_pretrained
+    from pathsegmentor.evaluation.evaluate import evaluate
+    from pathsegmentor import from_pretrained
 
     cfg = _cfg(tmp_path / "cache", tiny_corpus, "cache.enabled=true", "cache.views=2", "freeze.image_encoder=true",
                "train.steps=4")
@@ -167,7 +167,7 @@ def test_cellsam_fused_training_updates_the_fusion_gate(tmp_path, tiny_corpus):
     """CellSAM's mask-fusion gate (beyond the five standard parts) is optimised, with deep supervision."""
     import torch
 
-    from pathsegmentor.weights import from_pretrained
+    from pathsegmentor import from_pretrained
 
     res = run_training(_cfg(tmp_path / "cellsam", tiny_corpus, "model.name=cellsam-test", "data.crop=128", "train.steps=2",
                             "train.save_every=2", "optim.lr=0.01"))

@@ -10,9 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pathsegmentor import create_model
-from pathsegmentor.weights import (CheckpointError, WeightsNotFoundError, from_pretrained, load_sam_checkpoint,
-                                   safe_torch_load)
+from pathsegmentor import create_model, from_pretrained
+from pathsegmentor.modeling.weights import CheckpointError, WeightsNotFoundError, load_sam_checkpoint, safe_torch_load
 
 
 class PickledDict(collections.OrderedDict):

@@ -35,7 +35,7 @@ def category_of(antibody: str) -> str:
     if _CATEGORIES is None:
         import yaml
 
-        from ..ontology import DEFAULT_DIR
+        from pathsegmentor.ontology import DEFAULT_DIR
 
         try:
             _CATEGORIES = dict((yaml.safe_load((DEFAULT_DIR / "sources" / "segpath.yaml").read_text()) or {})

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..image_encoder import LayerNorm2d
+from ..modeling.image_encoder import LayerNorm2d
 
 AGGREGATIONS = ("concat", "gated")
 

@@ -5,7 +5,7 @@ ImageFeatures``, ``stride = 16``, ``skip_channels``); what ``forward_features`` 
 its deployment ``mode``:
 
 * ``"student"`` — the light encoder only (a timm backbone + neck to SAM's embedding shape,
-  :class:`~pathsegmentor.image_encoder.TimmImageEncoder`); the teacher never runs;
+  :class:`~pathsegmentor.modeling.image_encoder.TimmImageEncoder`); the teacher never runs;
 * ``"teacher"`` — the SAM ViT only (no skip features: the hires path uses the pixel stem alone);
 * ``"fused"`` — both, plus their aggregation (:mod:`.aggregation`); returns :class:`DualFeatures`,
   whose ``branches`` let the model decode each branch and fuse the masks (:mod:`.fusion`).
@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import ConfigError, ImageEncoderConfig, from_dict
-from ..image_encoder import ImageFeatures
+from ..modeling.config import ConfigError, ImageEncoderConfig, from_dict
+from ..modeling.image_encoder import ImageFeatures
 from . import BRANCHES, MODES
 
 
@@ -136,7 +136,7 @@ def _sub_config(cfg: ImageEncoderConfig, which: str) -> ImageEncoderConfig:
 
 def build_dual_encoder(cfg: ImageEncoderConfig, img_size: int, mode: str = "fused") -> DualEncoder:
     """Build from an ``ImageEncoderConfig`` of type ``"dual"`` (``teacher``/``student`` sub-configs)."""
-    from ..image_encoder import build_image_encoder
+    from ..modeling.image_encoder import build_image_encoder
     from .aggregation import build_aggregation
 
     tcfg, scfg = _sub_config(cfg, "teacher"), _sub_config(cfg, "student")
@@ -160,13 +160,13 @@ def load_teacher_checkpoint(model: nn.Module, path: str | Path) -> list[str]:
     """Load an official SAM checkpoint (``sam_vit_b_01ec64.pth`` layout) into a CellSAM ``model``.
 
     ``image_encoder.*`` goes to ``image_encoder.teacher.*``; ``prompt_encoder.*`` and
-    ``mask_decoder.*`` to the shared decoder, as :func:`pathsegmentor.weights.load_sam_checkpoint`
+    ``mask_decoder.*`` to the shared decoder, as :func:`pathsegmentor.modeling.weights.load_sam_checkpoint`
     does. Strict: every checkpoint key must land on a model key of the same shape and every teacher
-    and SAM decoder key must be covered; otherwise :class:`~pathsegmentor.weights.CheckpointError`
+    and SAM decoder key must be covered; otherwise :class:`~pathsegmentor.modeling.weights.CheckpointError`
     names the keys. Returns the model keys left at their initial values (student, aggregation, mask
     fusion, text adapter, hires path, presence head).
     """
-    from ..weights import CheckpointError, safe_torch_load
+    from ..modeling.weights import CheckpointError, safe_torch_load
 
     state = safe_torch_load(path)
     own = model.state_dict()

@@ -79,23 +79,3 @@ def build_mask_fusion(kind: str, *, dim: int, hidden: int = 16) -> nn.Module:
     if kind == "average":
         return AverageMaskFusion()
     raise ValueError(f"Unknown cellsam.fusion '{kind}'. Available: {list(FUSIONS)}")
-
-
-def fused_segmentation_loss(output, target: torch.Tensor, valid: torch.Tensor, presence: torch.Tensor, cfg,
-                            branch_weight: float = 0.5) -> dict[str, torch.Tensor]:
-    """Segmentation loss of a fused-mode :class:`~pathsegmentor.cellsam.model.CellSAMOutput`: the
-    fused masks' loss plus ``branch_weight`` times the mean of the branches' losses (deep supervision,
-    so each deployment mode's masks stay good on their own). ``cfg``: a
-    :class:`~pathsegmentor.losses.LossConfig`. Returns the fused terms, ``branch_<name>`` totals and
-    ``loss``."""
-    from ..losses import segmentation_loss
-
-    out = segmentation_loss(output.mask_logits, output.presence_logits, target, valid, presence, cfg)
-    branches = getattr(output, "branches", {}) or {}
-    if branches and branch_weight:
-        per = {k: segmentation_loss(b.mask_logits, b.presence_logits, target, valid, presence, cfg)["loss"]
-               for k, b in branches.items()}
-        for k, v in per.items():
-            out[f"branch_{k}"] = v
-        out["loss"] = out["loss"] + branch_weight * torch.stack(list(per.values())).mean()
-    return out

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError, ModelConfig, from_dict
-from ..mask_decoder import DecoderOutput
-from ..model import PathSegmentor, PathSegOutput
+from ..modeling.config import ConfigError, ModelConfig, from_dict
+from ..modeling.mask_decoder import DecoderOutput
+from ..modeling.model import PathSegmentor, PathSegOutput
 from . import BRANCHES, MODES
 from .dual_encoder import DualEncoder, DualFeatures, load_teacher_checkpoint
 from .fusion import FUSIONS, build_mask_fusion
@@ -49,7 +49,7 @@ class FusedDecoderOutput(DecoderOutput):
 @dataclass
 class CellSAMOutput(PathSegOutput):
     """Training output in fused mode: the fused ``mask_logits``/``presence_logits`` plus each branch's
-    (same shapes), for deep supervision (:func:`~pathsegmentor.cellsam.fusion.fused_segmentation_loss`)."""
+    (same shapes), for deep supervision (:func:`~pathsegmentor.training.losses.fused_segmentation_loss`)."""
 
     branches: dict[str, PathSegOutput] = field(default_factory=dict)
 
@@ -57,7 +57,7 @@ class CellSAMOutput(PathSegOutput):
 class CellSAM(PathSegmentor):
     """PathSegmentor with a :class:`DualEncoder` and mask fusion (``config.cellsam``).
 
-    Built by :func:`pathsegmentor.registry.build_model` for configs whose ``image_encoder.type`` is
+    Built by :func:`pathsegmentor.modeling.build.build_model` for configs whose ``image_encoder.type`` is
     ``"dual"``; saved and loaded like any model.
     """
 
@@ -91,13 +91,11 @@ class CellSAM(PathSegmentor):
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path, *, mode: str | None = None, **kwargs) -> "CellSAM":
-        """Load like :func:`pathsegmentor.weights.from_pretrained`; ``mode`` picks the deployment mode
+        """Load like :meth:`PathSegmentor.from_pretrained`; ``mode`` picks the deployment mode
         (default: the one saved in the config)."""
-        from ..weights import from_pretrained
-
         if mode is not None and mode not in MODES:
             raise ValueError(f"Unknown CellSAM mode '{mode}'. Available: {list(MODES)}")
-        model = from_pretrained(name_or_dir, **kwargs)
+        model = PathSegmentor.from_pretrained(name_or_dir, **kwargs)
         if not isinstance(model, CellSAM):
             raise TypeError(f"'{name_or_dir}' is a {type(model).__name__} ({model.config.name}), not a CellSAM "
                             f"model (image_encoder.type 'dual'); load it with PathSegmentor.from_pretrained.")
@@ -105,7 +103,7 @@ class CellSAM(PathSegmentor):
 
     def load_sam_checkpoint(self, path: str | Path) -> list[str]:
         """Official SAM ``.pth`` -> teacher (``image_encoder.teacher.*``) + prompt encoder + decoder;
-        used by :func:`pathsegmentor.weights.load_sam_checkpoint`."""
+        used by :func:`pathsegmentor.modeling.weights.load_sam_checkpoint`."""
         return load_teacher_checkpoint(self, path)
 
     # ------------------------------------------------------------------ tensors in, tensors out

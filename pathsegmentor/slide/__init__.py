@@ -1,16 +1,18 @@
-"""Whole-slide inference: ``model.segment_slide(path, prompts, out=...)`` and ``pathsegmentor slide``.
+"""Whole-slide inference: ``pathsegmentor.segment_slide(model, path, prompts, out=...)`` and ``pathsegmentor slide``.
 
-Modules in data-flow order: ``reader`` (levels, mpp, regions) -> ``tissue`` (thumbnail mask) ->
-``bands`` (row bands, part files, streaming merge) -> ``infer`` (orchestration, resume, processes)
--> ``writer`` (pyramidal TIFF) -> ``instances`` (objects, measurements, region polygons) ->
-``geojson`` (QuPath export) -> ``summary``; ``cli`` is the command line.
+Modules in data-flow order: ``reader`` (levels, mpp, regions) -> ``grid`` (working grid at the
+model's mpp) -> ``tissue`` (thumbnail mask) -> ``bands`` (row bands, part files, streaming merge) ->
+``infer`` (orchestration), with ``resume`` (state, ``out`` check) and ``processes`` (rank split) ->
+``predict`` (one band of tiles) -> ``finalize`` (the per-prompt output pass) -> ``writer``
+(pyramidal TIFF) -> ``instances`` (objects, measurements, region polygons) -> ``geojson`` (QuPath
+export) -> ``summary``; ``cli`` is the command line, ``synthetic`` writes test and benchmark slides.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .infer import SlideResult
+    from .finalize import SlideResult
 
 
 def segment_slide(model, path, prompts, **kwargs: Any) -> "SlideResult | None":

@@ -1,12 +1,12 @@
 """Row bands over the working grid: which tiles a band predicts, which of its rows it alone owns,
 and a streaming merger that turns band part files back into finished rows in order.
 
-A band is a run of tile rows of :func:`pathsegmentor.tiling.tile_grid` (one by default). Its rows
+A band is a run of tile rows of :func:`pathsegmentor.inference.tiling.tile_grid` (one by default). Its rows
 ``[lo, hi)`` split into ``top [lo, a)`` (also covered by earlier bands), ``mid [a, c)`` (covered by
 this band only: final, stored in the output dtype) and ``bottom [c, hi)`` (also covered by later
 bands). Shared rows are stored as blend sums and weights (float32) and added up by the merger, so
 bands can be predicted in any order, by any process, and the stitched result is exactly that of one
-:class:`~pathsegmentor.tiling.BlendAccumulator` over the whole slide, while memory holds one band.
+:class:`~pathsegmentor.inference.tiling.BlendAccumulator` over the whole slide, while memory holds one band.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..tiling import Tile, tile_grid
+from ..inference.tiling import Tile, tile_grid
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--vocabulary", choices=["model", "open"], default="model",
+                        help="model (default): ground prompts in the ontology, skip what the model cannot answer; "
+                             "open: raw text to the text tower, unchecked")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,10 +52,10 @@ def run(args: argparse.Namespace) -> int:
 
     prog = "pathsegmentor slide"
     try:
-        from pathsegmentor._compat import ensure_torchvision
+        from .._compat import ensure_torchvision
 
         ensure_torchvision()
-        from pathsegmentor.cli import DEFAULT_MODEL, RunError, UsageError, load_model
+        from ..cli import DEFAULT_MODEL, RunError, UsageError, load_model
     except ImportError as e:  # pragma: no cover
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
@@ -84,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
                                tile=args.tile, overlap=args.overlap, geojson=args.geojson,
                                instances=args.instances, resume=args.resume, dtype=args.dtype,
                                tissue=args.tissue, rows_per_band=args.rows_per_band,
-                               mask_threshold=args.threshold, progress=not args.quiet)
+                               mask_threshold=args.threshold, progress=not args.quiet,
+                               vocabulary=args.vocabulary)
     except (SlideError, UsageError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
@@ -97,6 +101,11 @@ def run(args: argparse.Namespace) -> int:
         return 130
     if result is not None:
         s = result.summary
+        for r in s.get("refused_prompts", []):
+            print(f"{prog}: warning: prompt '{r['prompt']}' refused: {r['reason']}", file=sys.stderr)
+        for r in s.get("prompt_resolution", []):
+            if r["relation"] in ("broader", "narrower", "nuclei-of"):
+                print(f"{prog}: warning: prompt '{r['prompt']}': {r['reason']}", file=sys.stderr)
         print(json.dumps({"out": str(result.out), "masks": {k: str(v) for k, v in result.masks.items()},
                           "tiles": s["tiles"], "tissue": s["tissue"], "prompts": s["prompts"],
                           **({"tumor_stroma": s["tumor_stroma"]} if "tumor_stroma" in s else {})}, indent=2))

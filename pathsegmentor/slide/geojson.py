@@ -122,8 +122,9 @@ class GeoJSONWriter:
         return [[[round(x, d), round(y, d)] for x, y in r.coords] for r in rings]
 
     def add(self, poly, *, name: str, color: list[int], object_type: str,
-            measurements: dict[str, Any] | None = None) -> None:
-        """Add a shapely Polygon/MultiPolygon in level-0 pixel coordinates."""
+            measurements: dict[str, Any] | None = None, resolution: dict[str, Any] | None = None) -> None:
+        """Add a shapely Polygon/MultiPolygon in level-0 pixel coordinates; ``resolution`` (how the prompt
+        was answered) goes to the ``promptResolution`` property."""
         from shapely.geometry.polygon import orient
 
         if poly.geom_type == "MultiPolygon":
@@ -136,6 +137,8 @@ class GeoJSONWriter:
                                "isLocked": False,
                                "measurements": {k: _clean(v) for k, v in (measurements or {}).items()
                                                 if _clean(v) is not None}}}
+        if resolution is not None:
+            feat["properties"]["promptResolution"] = resolution
         self._f.write((",\n" if self._n else "") + json.dumps(feat, ensure_ascii=False, separators=(",", ":")))
         self._n += 1
 

@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..instances import separate_instances as split_instances
+from ..inference.instances import separate_instances as split_instances
 
 COLUMNS = ["object_id", "prompt", "centroid_x", "centroid_y", "area_um2", "perimeter_um", "eccentricity",
            "solidity", "mean_hematoxylin", "mean_eosin"]

@@ -335,7 +335,7 @@ def require_mpp(reader: SlideReader) -> float:
     if reader.mpp is None:
         raise SlideError(f"'{reader.path.name}' records no microns-per-pixel (no Aperio MPP, OME "
                          f"PhysicalSizeX or TIFF resolution in cm/inch). Pass it with --mpp, e.g. --mpp 0.25 "
-                         f"for a 40x scan or --mpp 0.5 for 20x (model.segment_slide(..., mpp=0.25)).")
+                         f"for a 40x scan or --mpp 0.5 for 20x (segment_slide(model, ..., mpp=0.25)).")
     return reader.mpp
 
 

@@ -1,0 +1,73 @@
+"""What :meth:`PathSegmentor.segment` returns."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .prompts import PromptResolution
+
+
+@dataclass
+class SegmentationResult:
+    """Masks for N prompts at the input image's full resolution.
+
+    Attributes:
+        prompts: the N prompts as given (text, or ``"<box 0>"``-style labels for geometric prompts).
+        masks: ``bool [N, H, W]``; empty for prompts judged absent (presence < threshold).
+        probs: ``float32 [N, H, W]`` in [0, 1], per-pixel probabilities (not gated by presence).
+        presence: ``float32 [N]`` in [0, 1]: probability that the target is in the image at all.
+        image_size: ``(H, W)`` of the input.
+        mpp: microns per pixel of the input if given, else None.
+        model: the model's name.
+        resolutions: N :class:`~pathsegmentor.inference.prompts.PromptResolution` (concept, answered-as,
+            relation, similarity, reason) in prompt order.
+    """
+
+    prompts: list[str]
+    masks: np.ndarray
+    probs: np.ndarray
+    presence: np.ndarray
+    image_size: tuple[int, int]
+    mpp: float | None = None
+    model: str = ""
+    thresholds: dict[str, float] = field(default_factory=dict)
+    resolutions: list[PromptResolution] = field(default_factory=list)
+
+    @property
+    def labels(self) -> list[str]:
+        """Legend text per prompt: ``"tumour cells -> tumor nuclei"``, ``"a red car (refused)"``."""
+        return [r.label for r in self.resolutions] if self.resolutions else list(self.prompts)
+
+    @property
+    def warnings(self) -> list[str]:
+        """One line per prompt that was substituted (answered by a relative) or refused."""
+        return [f"prompt '{r.prompt}': {r.reason}" for r in self.resolutions
+                if not r.answered or r.substituted]
+
+    @property
+    def mask(self) -> np.ndarray:
+        """``bool [H, W]``: the first prompt's mask."""
+        return self.masks[0]
+
+    @property
+    def area_fraction(self) -> np.ndarray:
+        """``float32 [N]``: fraction of the image each mask covers."""
+        return self.masks.reshape(len(self.prompts), -1).mean(1).astype(np.float32)
+
+    def summary(self) -> dict:
+        """JSON-ready summary: per prompt presence, area and resolution; image size, model, mpp."""
+        h, w = self.image_size
+        return {
+            "model": self.model,
+            "image_size": {"height": int(h), "width": int(w)},
+            "mpp": self.mpp,
+            "thresholds": self.thresholds,
+            "prompts": [
+                {"prompt": p, "presence": round(float(s), 6), "present": bool(m.any()),
+                 "area_fraction": round(float(a), 6), "area_pixels": int(m.sum()),
+                 **({"resolution": self.resolutions[i].to_dict()} if self.resolutions else {})}
+                for i, (p, s, a, m) in enumerate(zip(self.prompts, self.presence, self.area_fraction, self.masks))
+            ],
+            "warnings": self.warnings,
+        }

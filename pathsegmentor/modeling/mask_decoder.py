@@ -1,0 +1,168 @@
+"""SAM's mask decoder with a high-resolution path and a presence head.
+
+:class:`PathSegMaskDecoder` subclasses segment_anything's ``MaskDecoder`` (same submodules and
+state-dict keys, so official weights load) and changes how one decode runs:
+
+* many prompts over a batch of images: each prompt row names its image (``image_index``), so one
+  image encoding serves every prompt and all prompts decode as one batch;
+* **high-resolution path** (switchable, ``hires``): image-level features at stride 2 and 4
+  (:class:`HighResFeatures`, a small conv stem on the pixels plus the encoder's stride-4 skip)
+  are fused into SAM's stride-4 upscaled embedding, and a second hypernetwork reads the stride-2
+  features, so masks come out at 1/2 of the input instead of 1/4 (nuclei are 8-20 px);
+* **presence head**: from the decoder's outputs for the prompt tokens and the mask token, one
+  logit per prompt: "is the target in this image at all?".
+
+With ``hires=False`` and points/boxes only, the masks are exactly upstream's single-mask output.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._compat import ensure_torchvision
+from .image_encoder import LayerNorm2d
+
+
+class HighResFeatures(nn.Module):
+    """Image-level features at stride 2 and 4, computed once per image.
+
+    Args:
+        dim: output channels (the decoder's ``transformer_dim // 8``).
+        skip_channels: channels of the encoder's stride-4 skip, or 0 for none (ViT encoders).
+    """
+
+    def __init__(self, *, dim: int, skip_channels: int = 0) -> None:
+        super().__init__()
+        self.stem2 = nn.Sequential(
+            nn.Conv2d(3, dim, 3, stride=2, padding=1), LayerNorm2d(dim), nn.GELU(),
+            nn.Conv2d(dim, dim, 3, padding=1),
+        )
+        self.stem4 = nn.Sequential(nn.GELU(), nn.Conv2d(dim, dim, 3, stride=2, padding=1), LayerNorm2d(dim))
+        self.skip4 = nn.Conv2d(skip_channels, dim, 1) if skip_channels else None
+
+    def forward(self, pixels: torch.Tensor, skip4: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``pixels [B, 3, H, W]`` normalised -> (``[B, dim, H/2, W/2]``, ``[B, dim, H/4, W/4]``)."""
+        if not torch.is_grad_enabled():  # inference: channels-last convolutions and LayerNorm (same maths)
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        f2 = self.stem2(pixels)
+        f4 = self.stem4(f2)
+        if self.skip4 is not None and skip4 is not None:
+            f4 = f4 + self.skip4(skip4)
+        return f2, f4
+
+
+@dataclass
+class DecoderOutput:
+    """``mask_logits [M, H_out, W_out]`` (stride 2 with hires, else stride 4), ``presence_logits [M]``,
+    ``iou_pred [M]`` (SAM's quality estimate), ``stride`` of the mask grid relative to the input."""
+
+    mask_logits: torch.Tensor
+    presence_logits: torch.Tensor
+    iou_pred: torch.Tensor
+    stride: int
+
+
+def _mask_decoder_class():
+    ensure_torchvision()
+    from segment_anything.modeling.common import MLPBlock  # noqa: F401  (import check)
+    from segment_anything.modeling.mask_decoder import MLP, MaskDecoder
+
+    class PathSegMaskDecoder(MaskDecoder):
+        def __init__(self, *, transformer_dim: int, transformer: nn.Module, num_multimask_outputs: int = 3,
+                     iou_head_depth: int = 3, iou_head_hidden_dim: int = 256, hires: bool = True,
+                     hires_dim: int = 32, skip_channels: int = 0) -> None:
+            super().__init__(transformer_dim=transformer_dim, transformer=transformer,
+                             num_multimask_outputs=num_multimask_outputs, iou_head_depth=iou_head_depth,
+                             iou_head_hidden_dim=iou_head_hidden_dim)
+            # upstream's channel LayerNorm in the upscaling, as the fused one (same keys and maths, one pass)
+            self.output_upscaling[1] = LayerNorm2d(transformer_dim // 4)
+            c = transformer_dim // 8
+            self.hires = hires
+            self.hires_features = HighResFeatures(dim=c, skip_channels=skip_channels)
+            self.hires_fuse = nn.Sequential(nn.Conv2d(c, c, 1), nn.GELU())
+            self.hires_hypernetwork = MLP(transformer_dim, transformer_dim, c, 3)
+            self.presence_head = MLP(2 * transformer_dim, transformer_dim, 1, 3)
+
+        def decode(self, *, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
+                   sparse_prompt_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor,
+                   image_index: torch.Tensor, num_text_tokens: int = 0,
+                   pixels: torch.Tensor | None = None, skip4: torch.Tensor | None = None,
+                   hires: bool | None = None) -> DecoderOutput:
+            """Decode M prompts over B images.
+
+            Args:
+                image_embeddings: ``[B, C, h, w]``.
+                image_pe: ``[1, C, h, w]`` dense positional encoding.
+                sparse_prompt_embeddings: ``[M, T, C]`` (text tokens first, then point/box tokens).
+                dense_prompt_embeddings: ``[M, C, h, w]`` or ``[1, C, h, w]`` (broadcast).
+                image_index: ``int64 [M]``, the image of each prompt row.
+                num_text_tokens: how many of the T tokens are text tokens (presence reads them).
+                pixels: ``[B, 3, H, W]`` normalised input, needed by the hires path.
+                skip4: ``[B, C_s, H/4, W/4]`` encoder skip features (optional).
+                hires: override the module's ``hires`` switch for this call.
+            """
+            use_hires = self.hires if hires is None else hires
+            m = sparse_prompt_embeddings.shape[0]
+            output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+            output_tokens = output_tokens.unsqueeze(0).expand(m, -1, -1)
+            tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
+            src = image_embeddings[image_index] + dense_prompt_embeddings
+            pos_src = image_pe.expand(m, -1, -1, -1)
+            b, c, h, w = src.shape
+            hs, src = self.transformer(src, pos_src, tokens)
+            iou_token_out = hs[:, 0, :]
+            mask_token_out = hs[:, 1, :]  # single-mask output token, as SAM with multimask_output=False
+            n_out = 1 + self.num_mask_tokens
+            if num_text_tokens > 0:
+                prompt_out = hs[:, n_out:n_out + num_text_tokens, :].mean(1)
+            else:
+                prompt_out = hs[:, n_out:, :].mean(1)
+            presence = self.presence_head(torch.cat([prompt_out, mask_token_out], dim=-1)).squeeze(-1)
+            src = src.transpose(1, 2).reshape(b, c, h, w)
+            up4 = self.output_upscaling(src)  # [M, c/8, 4h, 4w]
+            hyper = self.output_hypernetworks_mlps[0](mask_token_out)  # [M, c/8]
+            iou_pred = self.iou_prediction_head(iou_token_out)[:, 0]
+            if not use_hires:
+                logits = torch.einsum("mc,mchw->mhw", hyper, up4)
+                return DecoderOutput(logits, presence, iou_pred, stride=16 // 4)
+            if pixels is None:
+                raise ValueError("the high-resolution path needs `pixels`; pass them or hires=False")
+            f2, f4 = self.hires_features(pixels, skip4)
+            x4 = self.hires_fuse(up4 + f4[image_index])
+            logits4 = torch.einsum("mc,mchw->mhw", hyper, x4)
+            hyper2 = self.hires_hypernetwork(mask_token_out)  # [M, c/8]
+            logits2 = F.interpolate(logits4[:, None], scale_factor=2, mode="bilinear", align_corners=False)[:, 0]
+            # per image, so the stride-2 features are never copied per prompt
+            detail = torch.empty_like(logits2)
+            for i in torch.unique(image_index).tolist():
+                rows = (image_index == i).nonzero(as_tuple=True)[0]
+                detail[rows] = torch.einsum("mc,chw->mhw", hyper2[rows], f2[i])
+            return DecoderOutput(logits2 + detail, presence, iou_pred, stride=2)
+
+    return PathSegMaskDecoder
+
+
+def build_mask_decoder(*, transformer_dim: int, depth: int, mlp_dim: int, num_heads: int,
+                       num_multimask_outputs: int = 3, iou_head_depth: int = 3, iou_head_hidden_dim: int = 256,
+                       hires: bool = True, hires_dim: int = 32, skip_channels: int = 0) -> nn.Module:
+    ensure_torchvision()
+    from segment_anything.modeling.transformer import TwoWayTransformer
+
+    cls = _mask_decoder_class()
+    if hires_dim != transformer_dim // 8:
+        raise ValueError(f"mask_decoder.hires_dim must be transformer_dim // 8 = {transformer_dim // 8} "
+                         f"(SAM's upscaled embedding width), got {hires_dim}")
+    return cls(
+        transformer_dim=transformer_dim,
+        transformer=TwoWayTransformer(depth=depth, embedding_dim=transformer_dim, mlp_dim=mlp_dim,
+                                      num_heads=num_heads),
+        num_multimask_outputs=num_multimask_outputs,
+        iou_head_depth=iou_head_depth,
+        iou_head_hidden_dim=iou_head_hidden_dim,
+        hires=hires,
+        hires_dim=hires_dim,
+        skip_channels=skip_channels,
+    )

@@ -1,0 +1,86 @@
+"""Segmentation and presence losses (Dice + BCE/focal on valid pixels, presence BCE), and the deep-supervised
+loss of CellSAM's fused mode."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class LossConfig:
+    dice: float = 1.0
+    bce: float = 1.0
+    focal: float = 0.0
+    focal_gamma: float = 2.0
+    presence: float = 0.5
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """``1 - Dice`` per row over valid pixels; ``[M, H, W]`` -> ``[M]``."""
+    p = torch.sigmoid(logits) * valid
+    t = target * valid
+    inter = (p * t).flatten(1).sum(1)
+    denom = p.flatten(1).sum(1) + t.flatten(1).sum(1)
+    return 1.0 - (2.0 * inter + eps) / (denom + eps)
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float) -> torch.Tensor:
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_t = torch.exp(-bce)
+    return (1 - p_t) ** gamma * bce
+
+
+def segmentation_loss(mask_logits: torch.Tensor, presence_logits: torch.Tensor, target: torch.Tensor,
+                      valid: torch.Tensor, presence: torch.Tensor, cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """Dice + BCE (or focal) on masks, BCE on presence.
+
+    Args:
+        mask_logits / target / valid: ``[B, P, H, W]`` (target 0/1, valid bool).
+        presence_logits / presence: ``[B, P]`` (presence 0/1).
+
+    Dice is averaged over prompts whose target is non-empty (Dice of an empty target is undefined);
+    BCE/focal over every valid pixel of every prompt, so negatives learn empty masks.
+    """
+    ml = mask_logits.flatten(0, 1)
+    t = target.flatten(0, 1)
+    v = valid.flatten(0, 1).to(ml.dtype)
+    out: dict[str, torch.Tensor] = {}
+    total = ml.new_zeros(())
+    if cfg.dice:
+        has = t.flatten(1).amax(1) > 0
+        d = soft_dice_loss(ml, t, v)
+        out["dice"] = (d * has).sum() / has.sum().clamp(min=1)
+        total = total + cfg.dice * out["dice"]
+    if cfg.bce:
+        pix = F.binary_cross_entropy_with_logits(ml, t, reduction="none")
+        out["bce"] = (pix * v).sum() / v.sum().clamp(min=1)
+        total = total + cfg.bce * out["bce"]
+    if cfg.focal:
+        pix = focal_loss(ml, t, cfg.focal_gamma)
+        out["focal"] = (pix * v).sum() / v.sum().clamp(min=1)
+        total = total + cfg.focal * out["focal"]
+    if cfg.presence:
+        out["presence"] = F.binary_cross_entropy_with_logits(presence_logits.flatten(), presence.flatten())
+        total = total + cfg.presence * out["presence"]
+    out["loss"] = total
+    return out
+
+
+def fused_segmentation_loss(output, target: torch.Tensor, valid: torch.Tensor, presence: torch.Tensor, cfg,
+                            branch_weight: float = 0.5) -> dict[str, torch.Tensor]:
+    """Segmentation loss of a fused-mode :class:`~pathsegmentor.cellsam.model.CellSAMOutput`: the
+    fused masks' loss plus ``branch_weight`` times the mean of the branches' losses (deep supervision,
+    so each deployment mode's masks stay good on their own). ``cfg``: a
+    :class:`~pathsegmentor.training.losses.LossConfig`. Returns the fused terms, ``branch_<name>`` totals and
+    ``loss``."""
+    out = segmentation_loss(output.mask_logits, output.presence_logits, target, valid, presence, cfg)
+    branches = getattr(output, "branches", {}) or {}
+    if branches and branch_weight:
+        per = {k: segmentation_loss(b.mask_logits, b.presence_logits, target, valid, presence, cfg)["loss"]
+               for k, b in branches.items()}
+        for k, v in per.items():
+            out[f"branch_{k}"] = v
+        out["loss"] = out["loss"] + branch_weight * torch.stack(list(per.values())).mean()
+    return out

@@ -1,0 +1,200 @@
+"""Text-prompted segmentation training: the objective that fine-tunes or pre-trains PathSegmentor.
+
+    pathsegmentor train --config configs/train/tiny-cpu.yaml [key=value ...]
+    torchrun --nproc_per_node 2 -m pathsegmentor.training --config ...
+    accelerate launch -m pathsegmentor.training --config ...      # multi-GPU / multi-node (DDP, FSDP, DeepSpeed)
+
+Prompted crops of a PathSeg corpus (:mod:`~pathsegmentor.training.data`), optionally with a frozen
+encoder's embeddings cached (:mod:`~pathsegmentor.training.embedding_cache`); Dice + BCE + presence
+loss (:mod:`~pathsegmentor.training.losses`; CellSAM's fused mode supervises every branch). The loop
+is :func:`pathsegmentor.training.trainer.fit`.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..modeling.config import ConfigError
+from .data import DataConfig
+from .losses import LossConfig
+from .recipe import LoopConfig, ModelSection, OptimConfig, load_recipe, resolve_data_path
+from .trainer import add_arguments  # noqa: F401 - with run(): what `pathsegmentor train` calls
+from .trainer import Objective, TrainingSetup, fit, training_command
+
+PARTS = ("image_encoder", "text_encoder", "prompt_adapter", "mask_decoder", "prompt_encoder")
+
+
+@dataclass
+class FreezeConfig:
+    image_encoder: bool = False
+    text_encoder: bool = True
+    prompt_adapter: bool = False
+    mask_decoder: bool = False
+    prompt_encoder: bool = True  # point/box embeddings: unused by text-only training
+
+
+@dataclass
+class CacheConfig:
+    """Embedding-cache mode: with a frozen image encoder, ``views`` augmented views per training
+    image are encoded once and stored on disk; only adapter + decoder train."""
+
+    enabled: bool = False
+    views: int = 4
+    dir: str = ""  # default: <output_dir>/embedding_cache
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/default"
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+
+
+def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML recipe and apply ``key.sub=value`` overrides; unknown keys raise ConfigError."""
+    cfg, recipe_dir = load_recipe(TrainConfig, path, overrides)
+    cfg.data.corpus = resolve_data_path(cfg.data.corpus, recipe_dir)
+    return cfg
+
+
+def build_model_for_training(cfg: TrainConfig):
+    from ..modeling.factory import create_model, from_pretrained
+    from ..modeling.weights import load_sam_checkpoint
+
+    m = cfg.model
+    if Path(m.name).is_dir():
+        model = from_pretrained(m.name, overrides=m.overrides or None)
+    else:
+        model = create_model(m.name, overrides=m.overrides or None)
+    if m.init_from:
+        src = Path(m.init_from)
+        if src.suffix in (".pth", ".pt"):
+            load_sam_checkpoint(model, src)
+        else:
+            init = from_pretrained(m.init_from)
+            model.load_state_dict(init.state_dict(), strict=False)
+    for part in PARTS:
+        if getattr(cfg.freeze, part):
+            for p in getattr(model, part).parameters():
+                p.requires_grad_(False)
+    if cfg.freeze.text_encoder:
+        model.text_encoder.freeze()
+    return model
+
+
+def param_groups(model, cfg: OptimConfig) -> list[dict[str, Any]]:
+    groups = []
+    for part in PARTS:
+        params = [p for p in getattr(model, part).parameters() if p.requires_grad]
+        if params:
+            groups.append({"params": params, "lr": cfg.lr * cfg.lr_scale.get(part, 1.0), "name": part})
+    # parts a model adds beyond the standard five (e.g. CellSAM's mask fusion gate) train at the base lr
+    seen = {id(p) for g in groups for p in g["params"]}
+    seen |= {id(p) for part in PARTS for p in getattr(model, part).parameters()}
+    extra = [p for p in model.parameters() if p.requires_grad and id(p) not in seen]
+    if extra:
+        groups.append({"params": extra, "lr": cfg.lr * cfg.lr_scale.get("other", 1.0), "name": "other"})
+    unknown = sorted(set(cfg.lr_scale) - set(PARTS) - {"other"})
+    if unknown:
+        raise ConfigError(f"optim.lr_scale has unknown part(s) {unknown}. Valid: {list(PARTS)}")
+    if not groups:
+        raise ConfigError("every part is frozen: nothing to train (check the `freeze` section)")
+    return groups
+
+
+def open_corpus(cfg: TrainConfig, splits: Sequence[str]):
+    from data_builders import load_pathseg
+
+    if not cfg.data.corpus:
+        raise ConfigError("data.corpus is not set: point it at a PathSeg corpus built by pathseg-build")
+    corpus_dir = Path(cfg.data.corpus)
+    if not corpus_dir.is_dir():
+        raise FileNotFoundError(f"Corpus directory not found: '{corpus_dir}'. Build it with "
+                                f"`pathseg-build --config configs/data/shared.yaml --out {corpus_dir}`.")
+    corpus = load_pathseg(corpus_dir)
+    for s in splits:
+        if s not in corpus.images:
+            raise ConfigError(f"Corpus '{corpus_dir}' has no split '{s}'. Available: {sorted(corpus.images)}")
+    return corpus
+
+
+class SegmentationObjective(Objective):
+    """Prompted crops -> ``model(pixels, prompts)`` -> segmentation loss; the whole model is prepared."""
+
+    name = "train"
+
+    def setup(self, accelerator) -> TrainingSetup:
+        import numpy as np
+
+        from .data import PromptedCrops, collate, load_synonyms, sampling_weights
+
+        cfg = self.cfg
+        corpus = open_corpus(cfg, [cfg.data.train_split])
+        model = build_model_for_training(cfg)
+        if cfg.cache.enabled and not cfg.freeze.image_encoder:
+            raise ConfigError("cache.enabled needs freeze.image_encoder: true (cached embeddings come from a frozen "
+                              "encoder)")
+        pp = model.config.preprocess
+        if pp.fixed_input and cfg.data.crop != pp.input_size:
+            raise ConfigError(f"model '{cfg.model.name}' takes fixed {pp.input_size}x{pp.input_size} inputs (ViT "
+                              f"position embeddings); set data.crop={pp.input_size} (got {cfg.data.crop})")
+        synonyms = load_synonyms(cfg.data.corpus)
+        ds = PromptedCrops(corpus, cfg.data.train_split, cfg.data, model_mpp=pp.mpp, seed=cfg.train.seed,
+                           synonyms=synonyms)
+        weights = sampling_weights(corpus, cfg.data.train_split, cfg.data.balance, cfg.data.sources)
+        self.cache_build_s = 0.0
+        if cfg.cache.enabled:
+            from .embedding_cache import CachedViews, build_embedding_cache
+
+            cache_dir = Path(cfg.cache.dir or Path(cfg.output_dir) / "embedding_cache")
+            t_cache = time.time()
+            if accelerator.is_main_process:
+                build_embedding_cache(model, ds, weights, cache_dir, views=cfg.cache.views)
+            accelerator.wait_for_everyone()
+            self.cache_build_s = time.time() - t_cache
+            ds = CachedViews(cache_dir, ds)
+            weights = np.full(len(ds), 1.0 / len(ds))
+        model.train()
+        self.model = model
+        return TrainingSetup(module=model, dataset=ds, weights=weights, collate=collate,
+                             param_groups=param_groups(model, cfg.optim))
+
+    def loss(self, module, batch: dict[str, Any], device) -> dict[str, Any]:
+        from .embedding_cache import features_from_batch
+        from .losses import fused_segmentation_loss, segmentation_loss
+
+        pixels = self.model.normalize(batch["pixels"].to(device))
+        feats = features_from_batch(batch)
+        if feats is not None:
+            feats = feats.to(device)
+        outp = module(pixels, batch["prompts"], features=feats)
+        target, valid, presence = (batch[k].to(device) for k in ("target", "valid", "presence"))
+        if getattr(outp, "branches", None):  # CellSAM fused mode: deep supervision of every branch
+            return fused_segmentation_loss(outp, target, valid, presence, self.cfg.loss)
+        return segmentation_loss(outp.mask_logits, outp.presence_logits, target, valid, presence, self.cfg.loss)
+
+    def final_model(self):
+        return self.model
+
+    def summary(self, accelerator) -> dict[str, Any]:
+        return {"cache_build_s": round(self.cache_build_s, 2)}
+
+
+def run_training(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
+    """Train per ``cfg``; returns the summary of :func:`~pathsegmentor.training.trainer.fit` (steps,
+    first/last loss, processes, parameter checksums, output paths) plus ``cache_build_s``."""
+    return fit(SegmentationObjective(cfg), resume=resume)
+
+
+run, main = training_command("pathsegmentor train", __doc__, load_train_config, run_training)
+
+if __name__ == "__main__":
+    sys.exit(main())

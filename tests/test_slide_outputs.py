@@ -1,0 +1,127 @@
+"""Whole-slide inference, the outputs of a run: stitching equal to ``segment`` with background tiles
+skipped, resampling from a finer level, QuPath GeoJSON in level-0 coordinates and measurements on
+shapes of known size (fixture slide and stub model in slide_helpers.py)."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+tifffile = pytest.importorskip("tifffile")
+shapely = pytest.importorskip("shapely")
+
+from pathsegmentor.inference.tiling import tile_grid  # noqa: E402
+from pathsegmentor.slide import segment_slide  # noqa: E402
+from slide_helpers import DISKS, MPP0, SQUARES, DarkStub, tiff_levels  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# ------------------------------------------------------------------------------------------ stitching
+def test_stitched_equals_direct_segment_and_skips_background(slide, tmp_path, test_model):
+    res = segment_slide(test_model, slide, ["tumor nuclei", "stroma"], out=tmp_path / "o", dtype="float32",
+                                   progress=False)
+    tiles = res.summary["tiles"]
+    # working grid 768x1024, tiles 128 / overlap 32: 8 x 11 tiles; tissue spans working px 128..640
+    assert tiles["total"] == 88
+    ys = [t.y0 for t in tile_grid(768, 1, 128, 32)]
+    xs = [t.x0 for t in tile_grid(1, 1024, 128, 32)]
+    touch = lambda s, n: s + 128 > 128 - 0.5 and s < 640 + 0.5  # noqa: E731 (1 thumbnail px margin)
+    expected = sum(touch(y, 768) for y in ys) * sum(touch(x, 1024) for x in xs)
+    assert tiles["predicted"] == expected and tiles["skipped_background"] == 88 - expected
+    probs = tiff_levels(res.masks["tumor nuclei"])[0]
+    assert probs.dtype == np.float32 and probs.shape == (768, 1024)
+    assert (probs[:, 704:] == 0).all() and (probs[:, :704] > 0).any()  # only skipped tiles there: background
+    # direct segment of a region aligned with the slide grid: 3x3 tiles from (192, 192)
+    with tifffile.TiffFile(slide) as t:
+        region = t.series[0].levels[1].asarray()[192:512, 192:512]
+    direct = test_model.segment(region, ["tumor nuclei", "stroma"])
+    probs2 = tiff_levels(res.masks["stroma"])[0]
+    for k, out in enumerate((probs, probs2)):
+        got = out[192:512, 192:512][32:-32, 32:-32]  # away from the region's own border seams
+        np.testing.assert_allclose(got, direct.probs[k][32:-32, 32:-32], atol=1e-4, rtol=0)
+    with tifffile.TiffFile(res.masks["stroma"]) as t:
+        page = t.series[0].levels[0].keyframe
+        assert page.is_tiled and len(t.series[0].levels) >= 3
+        assert page.resolution[0] == pytest.approx(1e4 / 0.5) and page.resolutionunit == 3
+
+
+def test_upsampled_level_uses_remaining_scale(slide, tmp_path):
+    """Model mpp 0.4 on a 0.25/0.5/1.0 pyramid: level 0 is read and each tile resampled to 0.4."""
+    stub = DarkStub(mpp=0.4)
+    res = segment_slide(stub, slide, ["nuclei"], out=tmp_path / "o", progress=False, vocabulary="open")
+    assert res.summary["level"] == 0
+    assert res.summary["work_shape"] == [round(1536 * 0.25 / 0.4), round(2048 * 0.25 / 0.4)]
+    import pandas as pd
+
+    df = pd.read_csv(res.objects_csv)
+    for cx, cy, r in DISKS:
+        d = np.hypot(df.centroid_x - cx, df.centroid_y - cy)
+        assert d.min() < 1.5, (cx, cy, df[["centroid_x", "centroid_y"]])
+
+
+
+# ------------------------------------------------------------------------------------------ geometry
+def test_geojson_lands_on_drawn_objects_in_level0(slide, tmp_path):
+    from shapely.geometry import Point, box, shape
+
+    res = segment_slide(DarkStub(), slide, ["nuclei", "dark region"], out=tmp_path / "o", geojson=True, vocabulary="open",
+                        progress=False)
+    fc = json.loads(res.geojson.read_text())
+    assert fc["type"] == "FeatureCollection"
+    dets = [f for f in fc["features"] if f["properties"]["objectType"] == "detection"]
+    anns = [f for f in fc["features"] if f["properties"]["objectType"] == "annotation"]
+    for f in fc["features"]:
+        assert f["type"] == "Feature" and len(f["id"]) == 36 and f["geometry"]["type"] == "Polygon"
+        props = f["properties"]
+        assert props["isLocked"] is False and isinstance(props["measurements"], dict)
+        assert set(props["classification"]) == {"name", "color"} and len(props["classification"]["color"]) == 3
+    assert {f["properties"]["classification"]["name"] for f in dets} == {"nuclei"}
+    assert {f["properties"]["classification"]["name"] for f in anns} == {"dark region"}
+    truth = [Point(cx, cy).buffer(r, 256) for cx, cy, r in DISKS] + [box(*s) for s in SQUARES]
+    for feats in (dets, anns):  # every drawn object once (also those across the strip seam), in place
+        assert len(feats) == len(truth)
+        polys = [shape(f["geometry"]) for f in feats]
+        for t in truth:
+            best = max(polys, key=lambda p: p.intersection(t).area)
+            iou = best.intersection(t).area / best.union(t).area
+            assert iou > 0.93, (t.bounds, best.bounds, iou)
+            assert best.centroid.distance(t.centroid) < 1.0
+    # squares align with pixel corners exactly: a pixel (x, y) covers [x, x+1) in QuPath
+    for s in SQUARES:
+        p = max((shape(f["geometry"]) for f in dets), key=lambda p: p.intersection(box(*s)).area)
+        assert p.bounds == pytest.approx(s, abs=1e-6)
+
+
+def test_measurements_on_known_shapes(slide, tmp_path):
+    import pandas as pd
+
+    res = segment_slide(DarkStub(), slide, ["nuclei"], out=tmp_path / "o", progress=False, vocabulary="open")
+    df = pd.read_csv(res.objects_csv)
+    assert list(df.columns) == ["object_id", "prompt", "centroid_x", "centroid_y", "area_um2", "perimeter_um",
+                                "eccentricity", "solidity", "mean_hematoxylin", "mean_eosin"]
+    assert len(df) == len(DISKS) + len(SQUARES) and df.object_id.is_unique
+    pq = pd.read_parquet(res.objects_parquet)
+    assert len(pq) == len(df)
+    for cx, cy, r in DISKS:
+        row = df.iloc[int(np.argmin(np.hypot(df.centroid_x - cx, df.centroid_y - cy)))]
+        assert abs(row.centroid_x - cx) < 1 and abs(row.centroid_y - cy) < 1
+        assert row.area_um2 == pytest.approx(math.pi * r * r * MPP0 ** 2, rel=0.03)
+        assert row.perimeter_um == pytest.approx(2 * math.pi * r * MPP0, rel=0.1)
+        assert row.eccentricity < 0.3 and row.solidity > 0.95
+    for x0, y0, x1, y1 in SQUARES:
+        row = df.iloc[int(np.argmin(np.hypot(df.centroid_x - (x0 + x1) / 2, df.centroid_y - (y0 + y1) / 2)))]
+        assert row.area_um2 == pytest.approx((x1 - x0) * (y1 - y0) * MPP0 ** 2, rel=0.01)
+    # stain: drawn objects are dark purple -> hematoxylin well above the pink tissue's
+    assert (df.mean_hematoxylin > 0.05).all()
+    s = res.summary
+    tissue_mm2 = (1024 * 1024) * MPP0 ** 2 / 1e6
+    assert s["tissue"]["area_mm2"] == pytest.approx(tissue_mm2, rel=0.01)
+    nuc = s["prompts"][0]
+    assert nuc["objects"] == len(df)
+    assert nuc["objects_per_mm2_tissue"] == pytest.approx(len(df) / tissue_mm2, rel=0.01)
+    drawn = sum(math.pi * r * r for *_, r in DISKS) + sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in SQUARES)
+    assert nuc["area_fraction_of_tissue"] == pytest.approx(drawn / (1024 * 1024), rel=0.05)
+
