@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"Model: {model.name} (weights: {source})")
     prompts = list(args.prompt or DEMO_PROMPTS)
     rows = []
+    warnings: set[str] = set()
     stage = _Staging(out)
     try:
         summaries = []
@@ -45,8 +47,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             meta = {k: s[k] for k in ("name", "source", "original_file", "crop_box", "licence") if k in s}
             summaries.append(_write_result(stage, path.stem, rgb, res,
                                            {"input": str(path), "sample": meta, "model_weights": source}))
-            for p, pr, a in zip(res.prompts, res.presence, res.area_fraction):
+            for p, pr, a in zip(res.labels, res.presence, res.area_fraction):
                 rows.append((s.get("name", path.stem), p, float(pr), 100.0 * float(a)))
+            warnings.update(res.warnings)
         stage.path("demo_summary.json").write_text(json.dumps(
             {"model": model.name, "model_weights": source, "prompts": prompts, "results": summaries}, indent=2) + "\n")
         stage.commit()
@@ -58,6 +61,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"{'sample':<{w}}  {'prompt':<{pw}}  presence  area %")
     for name, p, pr, a in rows:
         print(f"{name:<{w}}  {p:<{pw}}  {pr:8.3f}  {a:6.2f}")
+    for line in sorted(warnings):
+        print(f"warning: {line}", file=sys.stderr)
     print(f"Model used: {model.name} (weights: {source}). Overlays, masks and summaries in {out}")
     return 0
 
