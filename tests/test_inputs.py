@@ -123,3 +123,19 @@ def test_bad_images_have_clear_errors(tmp_path):
         to_rgb_uint8(np.zeros((4, 5, 6, 7), np.uint8))
     with pytest.raises(ImageReadError, match="float"):
         to_rgb_uint8(np.full((4, 4, 3), 300.0, np.float32))
+
+
+def test_truncated_tiff_is_reported_as_such(tmp_path):
+    """A cut-off TIFF (a real MoNuSeg tile, first 200 kB) is named corrupt or truncated, not 'shape (0,)'."""
+    import tifffile
+
+    src = tmp_path / "full.tif"
+    tifffile.imwrite(src, np.random.default_rng(0).integers(0, 255, (600, 600, 3), dtype=np.uint8))
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(src.read_bytes()[:200_000])
+    cut_header = tmp_path / "cut_header.tif"
+    cut_header.write_bytes(src.read_bytes()[:100])
+    for bad in (cut, cut_header):
+        with pytest.raises(ImageReadError, match="corrupt or truncated") as info:
+            read_image(bad)
+        assert str(bad) in str(info.value) and "shape (0,)" not in str(info.value)

@@ -63,9 +63,9 @@ def read_image(path: str | Path) -> np.ndarray:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         if path.suffix.lower() in (".tif", ".tiff", ".svs"):
             try:
-                import tifffile
-
-                arr = tifffile.imread(str(path))
+                arr, said = _tifffile_read(path)
+                if arr.size == 0:  # tifffile logs a warning and returns nothing for a cut-off file
+                    raise ValueError(f"no image data ({'; '.join(said) or 'no pixel data'})")
                 if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (3, 4):
                     arr = np.moveaxis(arr, 0, -1)
             except Exception as e2:  # noqa: BLE001 - report both readers' reasons
@@ -75,6 +75,29 @@ def read_image(path: str | Path) -> np.ndarray:
             raise ImageReadError(f"Cannot read image '{path}': {e}. The file is corrupt or truncated, "
                                  f"or not an image.") from e
     return _to_rgb(_to_uint8(arr, str(path)), str(path))
+
+
+def _tifffile_read(path: Path) -> tuple[np.ndarray, list[str]]:
+    """``tifffile.imread`` with its logged warnings collected (returned) instead of printed."""
+    import logging
+
+    import tifffile
+
+    said: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append(record.getMessage())
+
+    log = logging.getLogger("tifffile")
+    handler, propagate = _Collect(), log.propagate
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        return tifffile.imread(str(path)), said
+    finally:
+        log.removeHandler(handler)
+        log.propagate = propagate
 
 
 def _pil_to_array(im: Image.Image) -> np.ndarray:
