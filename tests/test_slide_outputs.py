@@ -125,3 +125,38 @@ def test_measurements_on_known_shapes(slide, tmp_path):
     drawn = sum(math.pi * r * r for *_, r in DISKS) + sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in SQUARES)
     assert nuc["area_fraction_of_tissue"] == pytest.approx(drawn / (1024 * 1024), rel=0.05)
 
+
+
+# ------------------------------------------------------------------------------------------ prompt resolution
+def test_slide_outputs_carry_prompt_resolution(slide, tmp_path, test_model):
+    """A model that records only 'nuclei': 'all nuclei' is answered (synonym), 'lymphocyte nuclei' by its
+    trained parent, 'stroma' is refused and not run; summary.json and every GeoJSON feature say so."""
+    import copy
+
+    model = copy.deepcopy(test_model)
+    model.__dict__.pop("_prompt_resolver", None)
+    model.config.vocabulary = {"nuclei": {"sources": ["test"]}}
+    res = segment_slide(model, slide, ["all nuclei", "lymphocyte nuclei", "stroma"], out=tmp_path / "o",
+                        geojson=True, instances=False, progress=False)
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert [p["prompt"] for p in s["prompts"]] == ["all nuclei", "lymphocyte nuclei"]
+    assert [r["relation"] for r in s["prompt_resolution"]] == ["same", "broader"]
+    assert [r["answered_as"] for r in s["prompt_resolution"]] == ["nuclei", "nuclei"]
+    assert [r["prompt"] for r in s["refused_prompts"]] == ["stroma"] and s["refused_prompts"][0]["suggestions"]
+    assert set(res.masks) == {"all nuclei", "lymphocyte nuclei"}
+    feats = json.loads(res.geojson.read_text())["features"]
+    assert feats and all(f["properties"]["promptResolution"]["answeredAs"] == "nuclei" for f in feats)
+    assert {f["properties"]["promptResolution"]["prompt"] for f in feats} <= {"all nuclei", "lymphocyte nuclei"}
+
+
+def test_slide_with_only_refused_prompts_is_an_error(slide, tmp_path, test_model):
+    import copy
+
+    from pathsegmentor.slide.reader import SlideError
+
+    model = copy.deepcopy(test_model)
+    model.__dict__.pop("_prompt_resolver", None)
+    model.config.vocabulary = {"nuclei": {}}
+    with pytest.raises(SlideError, match="No prompt this model can answer.*stroma"):
+        segment_slide(model, slide, ["stroma"], out=tmp_path / "o", progress=False)
+    assert not (tmp_path / "o").exists()
