@@ -133,6 +133,19 @@ class PromptResolution:
         return d
 
 
+def check_vocabulary(vocabulary: str) -> None:
+    """ValueError naming the choices when ``vocabulary`` is not one of :data:`VOCABULARY_MODES`."""
+    if vocabulary not in VOCABULARY_MODES:
+        raise ValueError(f"vocabulary={vocabulary!r} unknown. Available: {list(VOCABULARY_MODES)} ('model': prompts "
+                         f"grounded in the ontology and the model's trained concepts; 'open': raw text, unchecked)")
+
+
+def open_resolution(prompt: str) -> PromptResolution:
+    """``vocabulary="open"``: the raw text goes to the text tower, unchecked."""
+    return PromptResolution(prompt, None, prompt, "open", "open", 1.0,
+                            "vocabulary='open': raw text sent to the text tower, not checked")
+
+
 def geometric(label: str) -> PromptResolution:
     """Resolution of a prompt that is only points/boxes (no text to ground)."""
     return PromptResolution(label, None, label, "none", "same", 1.0, "")
@@ -249,12 +262,9 @@ class PromptResolver:
 
     def resolve(self, prompt: str, vocabulary: str = "model") -> PromptResolution:
         """Resolve one phrase; see the module docstring for the order and the policy."""
-        if vocabulary not in VOCABULARY_MODES:
-            raise ValueError(f"vocabulary={vocabulary!r} unknown. Available: {list(VOCABULARY_MODES)} "
-                             f"('model': ground prompts in the ontology; 'open': raw text to the text tower)")
+        check_vocabulary(vocabulary)
         if vocabulary == "open":
-            return PromptResolution(prompt, None, prompt, "open", "open", 1.0,
-                                    "vocabulary='open': raw text sent to the text tower, not checked")
+            return open_resolution(prompt)
         concept, match = self.lookup(prompt)
         similarity = 1.0
         if concept is None and self.encode is not None:
@@ -305,15 +315,16 @@ class PromptResolver:
         return None, "refused"
 
     def _nuclei_of(self, concept: str) -> str | None:
-        """The nucleus concept of a whole-cell concept ("lymphocytes" -> "lymphocyte nuclei"), if any."""
+        """The nucleus concept of a whole-cell concept ("lymphocytes" -> "lymphocyte nuclei"), if any: the
+        "cells" / "nuclei" wording rule of :meth:`lookup` applied to the concept's names."""
         c = self.ontology.categories[concept]
         if c.object_type != "cell":
             return None
-        for s in (c.name, *c.synonyms):
-            hit = self._keys.get(normalise(s) + " nucleus") or self._keys.get(
-                " ".join(normalise(s).split()[:-1] + ["nucleus"]) if normalise(s).endswith(" cell") else "")
-            if hit is not None and self.ontology.categories[hit[0]].object_type == "nucleus":
-                return hit[0]
+        for name in (c.name, *c.synonyms):
+            for v in _wording_variants(normalise(name))[1:]:
+                hit = self._keys.get(v)
+                if hit is not None and self.ontology.categories[hit[0]].object_type == "nucleus":
+                    return hit[0]
         return None
 
     def suggest(self, prompt: str, k: int = 3) -> list[str]:
@@ -344,10 +355,7 @@ def resolver_for(model) -> PromptResolver:
 
 def resolve_prompts(model, prompts: Sequence[str], vocabulary: str = "model") -> list[PromptResolution]:
     """Resolutions of ``prompts`` for ``model`` (``vocabulary="open"`` needs nothing of the model)."""
-    if vocabulary not in VOCABULARY_MODES:
-        raise ValueError(f"vocabulary={vocabulary!r} unknown. Available: {list(VOCABULARY_MODES)} ('model': prompts "
-                         f"grounded in the ontology and the model's trained concepts; 'open': raw text, unchecked)")
+    check_vocabulary(vocabulary)
     if vocabulary == "open":
-        return [PromptResolution(p, None, p, "open", "open", 1.0,
-                                 "vocabulary='open': raw text sent to the text tower, not checked") for p in prompts]
+        return [open_resolution(p) for p in prompts]
     return resolver_for(model).resolve_all(prompts, vocabulary)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .image_io import ImageInput, resize_rgb, to_rgb_uint8
-from .prompts import VOCABULARY_MODES, geometric, resolve_prompts
+from .prompts import check_vocabulary, geometric, resolve_prompts
 from .result import SegmentationResult
 from .tiling import BlendAccumulator, tile_grid
 
@@ -33,8 +33,7 @@ def segment_image(model: "PathSegmentor", image: ImageInput, prompts: str | Sequ
                   vocabulary: str = "model") -> SegmentationResult:
     """``model.segment(...)``: see :meth:`pathsegmentor.modeling.model.PathSegmentor.segment` for the
     arguments. ``model`` needs ``config``, ``device``, ``name``, ``encode_text`` and ``predict_window``."""
-    if vocabulary not in VOCABULARY_MODES:
-        resolve_prompts(model, [], vocabulary)  # raises, naming the choices
+    check_vocabulary(vocabulary)
     rgb = to_rgb_uint8(image)
     if isinstance(prompts, str):
         prompts = [prompts]
