@@ -34,7 +34,10 @@ FORBIDDEN = [
     ("data_builders", "pathsegmentor.inference"),
     ("data_builders", "pathsegmentor.training"),
     ("data_builders", "pathsegmentor.cellsam"),
-]
+] + [(layer, "pathsegmentor.serve")  # the web viewer sits on top: only the CLI imports it (lazily)
+     for layer in ("pathsegmentor.resources", "pathsegmentor._compat", "pathsegmentor.ontology",
+                   "pathsegmentor.modeling", "pathsegmentor.cellsam", "pathsegmentor.inference",
+                   "pathsegmentor.slide", "pathsegmentor.training", "pathsegmentor.evaluation", "data_builders")]
 
 
 def module_name(path: Path, root: Path) -> str:

@@ -1,4 +1,4 @@
-"""Subcommands served by other modules (``train``, ``evaluate``, ``distill``, ``slide``, and any added
+"""Subcommands served by other modules (``train``, ``evaluate``, ``distill``, ``slide``, ``serve``, and any added
 with :func:`register_subcommand`): the table, and the dispatcher that imports a command's module only
 when it runs, builds its parser from ``add_arguments(parser)`` and calls ``run(args) -> int``."""
 from __future__ import annotations
@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, ExternalCommand] = {
     "evaluate": ExternalCommand("pathsegmentor.evaluation.evaluate", "evaluate a model on labelled images"),
     "distill": ExternalCommand("pathsegmentor.training.distillation", "CellSAM: distil the large image encoder into a light one"),
     "slide": ExternalCommand("pathsegmentor.slide.cli", "segment a whole-slide image"),
+    "serve": ExternalCommand("pathsegmentor.serve.cli", "local web viewer: segment tiles and slides by typing"),
 }
 
 

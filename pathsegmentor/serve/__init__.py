@@ -1,0 +1,23 @@
+"""``pathsegmentor serve``: a local web viewer to segment tiles and whole slides by typing.
+
+Modules in data-flow order: ``files`` (what may be opened: the given files, ``--root``, refusals) ->
+``sources`` (slides through the slide reader, tiles decoded once) -> ``dzi`` (Deep Zoom tiles from the
+pyramid) -> ``cache`` (image embeddings per window) -> ``view`` (segment a view or region at the
+model's resolution) -> ``export`` (GeoJSON, mask PNG, objects CSV with the CLI's writers) -> ``jobs``
+(whole-slide runs in the background) -> ``app`` (the Starlette app) -> ``cli`` (the command);
+``static/`` holds the page and the vendored OpenSeadragon. Only :mod:`pathsegmentor.cli` imports this
+package, lazily, when ``serve`` runs.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+def create_app(model: Any, files: Any, **kwargs: Any):
+    """See :func:`pathsegmentor.serve.app.create_app`."""
+    from .app import create_app as _create
+
+    return _create(model, files, **kwargs)
+
+
+__all__ = ["create_app"]
