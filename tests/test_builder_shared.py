@@ -35,7 +35,7 @@ def _check_corpus(out: Path, monuseg_xml: bool) -> None:
     mon_pats = {sp: {p for p, s in zip(c.images[sp]["patient_id"], c.images[sp]["source"]) if s == "monuseg"}
                 for sp in c.splits}
     assert mon_pats["validation"] and not (mon_pats["train"] & mon_pats["validation"])
-    # bit-exact round trip of a MoNuSeg, a GlaS and a CoNSeP sample
+    # bit-exact round trip of a MoNuSeg, a GlaS, a CoNSeP and an EBHI-Seg sample
     seen = set()
     for sp, i in [(sp, i) for sp in c.splits for i in range(len(c.images[sp]))]:
         src = c.images[sp].data.column("source")[i].as_py()
@@ -43,6 +43,16 @@ def _check_corpus(out: Path, monuseg_xml: bool) -> None:
             continue
         seen.add(src)
         s = c.sample(sp, i)
+        if src == "ebhi_seg":  # sample_id "<class slug>/<stem>"; the label thresholded at 127 is the class's mask
+            from data_builders.sources.ebhi_seg import CLASSES, slug
+
+            cls_slug, stem = s["sample_id"].split("/")
+            cls = {slug(k): k for k in CLASSES}[cls_slug]
+            folder = SHARED / "ebhi_seg/EBHI-SEG" / cls
+            assert np.array_equal(s["image"], np.asarray(Image.open(folder / "image" / f"{stem}.png").convert("RGB")))
+            lab = np.asarray(Image.open(folder / "label" / f"{stem}.png")) > 127
+            assert np.array_equal(s["targets"]["tumor" if cls == "Adenocarcinoma" else "gland"], lab)
+            continue
         root = {"monuseg": SHARED / "monuseg/MoNuSegTrainingData/Tissue_Images",
                 "glas": SHARED / "glas/images", "consep": SHARED / "consep/images"}[src]
         name = s["sample_id"] + (".tif" if src == "monuseg" else ".png")
@@ -67,7 +77,7 @@ def _check_corpus(out: Path, monuseg_xml: bool) -> None:
             x = s["targets"]["nuclei"]
             iou = (x & (b > 0)).sum() / (x | (b > 0)).sum()
             assert iou > 0.85, iou
-    assert seen == {"monuseg", "glas", "consep"}
+    assert seen == {"monuseg", "glas", "consep", "ebhi_seg"}
     if monuseg_xml:
         anns = {}
         for sp in c.splits:
@@ -98,5 +108,5 @@ def test_shared_full_build(recipe, tmp_path):
     print(f"full shared build: {time.time() - t:.1f} s")
     _check_corpus(out, monuseg_xml=True)
     c = load_pathseg(out)
-    assert sum(len(c.images[s]) for s in c.splits) == 30 + 85 + 27
+    assert sum(len(c.images[s]) for s in c.splits) == 30 + 85 + 27 + 516
     assert c.manifest["rejects"] == 0
