@@ -286,3 +286,15 @@ def test_embedding_cache_is_bounded():
         cache.put(i, SimpleNamespace(embedding=torch.zeros(100), skips={}))
     assert len(cache) == 3 and cache.get(0) is None and cache.get(4) is not None
     assert (cache.hits, cache.misses) == (1, 1)
+
+
+def test_cli_usage_errors(tmp_path, capsys):
+    from pathsegmentor.cli import main
+
+    assert main(["serve"]) == 2
+    assert "nothing to serve" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("x")
+    assert main(["serve", str(tmp_path / "notes.txt")]) == 2
+    assert "not an image" in capsys.readouterr().err
+    assert main(["serve", "--root", str(tmp_path / "missing")]) == 2
+    assert "not a folder" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 page opens a bundled tile, a prompt is typed and its overlay appears (the viewer's pixels change), a
 box prompt is drawn, the GeoJSON export is a FeatureCollection; a generated pyramidal slide opens and
 is segmented whole as a job; a corrupt file shows its error in the page. With ``PATHSEG_SCREENSHOT_DIR``
-set, the page with the tile's overlay is saved there as ``serve.png`` (the README's picture)."""
+set, the page with the tile's overlay is saved there as ``serve.jpg`` (the README's picture)."""
 from __future__ import annotations
 
 import io
@@ -110,7 +110,7 @@ def test_tile_prompt_overlay_box_and_export(page):
     if os.environ.get("PATHSEG_SCREENSHOT_DIR"):
         out = Path(os.environ["PATHSEG_SCREENSHOT_DIR"])
         out.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(out / "serve.png"))
+        page.screenshot(path=str(out / "serve.jpg"), type="jpeg", quality=80)
 
     with page.expect_download() as dl:
         page.click("#export-geojson")
