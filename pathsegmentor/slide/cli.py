@@ -14,13 +14,27 @@ import sys
 from typing import Sequence
 
 
+def _mpp_arg(text: str) -> float | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of microns per pixel (e.g. 0.25 for "
+                                         f"40x, 0.5 for 20x) nor 'auto'") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("slide", help="whole-slide image (pyramidal TIFF, SVS, OME-TIFF, NDPI; more with openslide)")
     parser.add_argument("--prompt", "-p", action="append", required=True,
                         help="what to segment, e.g. 'tumor nuclei' (repeat for several)")
     parser.add_argument("--out", "-o", required=True, help="output directory (new or empty, or a run to --resume)")
-    parser.add_argument("--mpp", type=float, default=None,
-                        help="level-0 microns per pixel (when the slide does not record it, or to override)")
+    parser.add_argument("--mpp", type=_mpp_arg, default=None,
+                        help="level-0 microns per pixel (when the slide does not record it, or to override), "
+                             "or 'auto' to estimate it from the nuclei (reported with its uncertainty)")
+    parser.add_argument("--backend", choices=["auto", "tifffile", "openslide", "dicom"], default="auto",
+                        help="slide reader (default auto: DICOM-WSI with OpenSlide, else tifffile, else "
+                             "OpenSlide; openslide/dicom need pip install 'pathsegmentor[slides]')")
     parser.add_argument("--level", type=int, default=None,
                         help="pyramid level to read (default: the one closest to the model's mpp, not coarser)")
     parser.add_argument("--model", default=None, help="registered model name or model directory "
@@ -62,12 +76,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.threshold is not None and not 0.0 < args.threshold < 1.0:
             raise UsageError(f"--threshold {args.threshold}: must be in (0, 1).")
-        if args.mpp is not None and not 0.0 < args.mpp < 100.0:
+        if args.mpp not in (None, "auto") and not 0.0 < args.mpp < 100.0:
             raise UsageError(f"--mpp {args.mpp}: not a microns-per-pixel value (e.g. 0.25 for 40x, 0.5 for 20x).")
         # check the slide before loading a model: a bad file fails at once
         from .reader import open_slide, require_mpp
 
-        with open_slide(args.slide, mpp=args.mpp) as reader:
+        with open_slide(args.slide, mpp=None if args.mpp == "auto" else args.mpp, backend=args.backend) as reader:
+            if args.mpp == "auto":
+                from .mpp_auto import estimate_slide_mpp
+
+                estimate_slide_mpp(reader)
             require_mpp(reader)
             if args.level is not None:
                 reader.level(args.level)
@@ -88,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
                                instances=args.instances, resume=args.resume, dtype=args.dtype,
                                tissue=args.tissue, rows_per_band=args.rows_per_band,
                                mask_threshold=args.threshold, progress=not args.quiet,
-                               vocabulary=args.vocabulary)
+                               vocabulary=args.vocabulary, backend=args.backend)
     except (SlideError, UsageError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
@@ -101,12 +119,16 @@ def run(args: argparse.Namespace) -> int:
         return 130
     if result is not None:
         s = result.summary
+        print(f"{prog}: backend {s['backend']} ({s['backend_reason']}); mpp {s['slide_mpp']:.4g} µm/px from "
+              f"{s['mpp_source']}", file=sys.stderr)
         for r in s.get("refused_prompts", []):
             print(f"{prog}: warning: prompt '{r['prompt']}' refused: {r['reason']}", file=sys.stderr)
         for r in s.get("prompt_resolution", []):
             if r["relation"] in ("broader", "narrower", "nuclei-of"):
                 print(f"{prog}: warning: prompt '{r['prompt']}': {r['reason']}", file=sys.stderr)
         print(json.dumps({"out": str(result.out), "masks": {k: str(v) for k, v in result.masks.items()},
+                          "backend": s["backend"], "slide_mpp": s["slide_mpp"], "mpp_source": s["mpp_source"],
+                          **({"mpp_estimate": s["mpp_estimate"]} if "mpp_estimate" in s else {}),
                           "tiles": s["tiles"], "tissue": s["tissue"], "prompts": s["prompts"],
                           **({"tumor_stroma": s["tumor_stroma"]} if "tumor_stroma" in s else {})}, indent=2))
     return 0

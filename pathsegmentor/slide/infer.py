@@ -29,6 +29,7 @@ from ..inference.prompts import resolve_prompts
 from .bands import BandPlan, PartStore
 from .finalize import SlideResult, _finish
 from .grid import WorkGrid
+from .mpp_auto import estimate_slide_mpp
 from .predict import predict_band
 from .processes import _Processes, bands_for_rank
 from .reader import SlideError, choose_level, open_slide, require_mpp
@@ -37,14 +38,16 @@ from .tissue import TissueMap, tissue_mask
 
 __all__ = ["SlideResult", "segment_slide"]
 
+MIN_TISSUE_UM2 = 50.0 * 50.0  # smaller pieces on the thumbnail are dust or specks, not tissue
+
 
 def segment_slide(model, path: str | Path, prompts: str | Sequence[str], out: str | Path, *,
-                  mpp: float | None = None, level: int | None = None, tile: int | None = None,
+                  mpp: float | str | None = None, level: int | None = None, tile: int | None = None,
                   overlap: int | None = None, geojson: bool = False, instances: bool | None = None,
                   resume: bool = False, dtype: str = "uint8", tissue: bool = True, rows_per_band: int = 1,
                   mask_threshold: float | None = None, hires: bool | None = None, progress: bool = True,
                   on_band: Callable[[int, int], None] | None = None,
-                  vocabulary: str = "model") -> SlideResult | None:
+                  vocabulary: str = "model", backend: str = "auto") -> SlideResult | None:
     """Segment a whole-slide image, streaming, into ``out`` (see the module docstring for the files).
 
     Args:
@@ -52,7 +55,10 @@ def segment_slide(model, path: str | Path, prompts: str | Sequence[str], out: st
             ``encode_text`` and ``predict_window``).
         path: the slide (pyramidal TIFF, SVS, OME-TIFF, NDPI; more with openslide-python).
         prompts: a phrase or list of phrases.
-        mpp: level-0 microns per pixel, overriding (or supplying) the slide's metadata.
+        mpp: level-0 microns per pixel, overriding (or supplying) the slide's metadata; ``"auto"``
+            estimates it from the tissue (:mod:`pathsegmentor.inference.mpp_estimate`; the estimate,
+            its uncertainty and method are in the summary's ``mpp_estimate``; an unreliable estimate
+            raises :class:`SlideError` asking for ``mpp=X``).
         level: pyramid level to read (default: the level closest to the model's mpp, not coarser).
         tile / overlap: window and overlap in working pixels (default: model input size / config overlap).
         geojson: also write a QuPath GeoJSON of instances (detections) and regions (annotations).
@@ -67,6 +73,8 @@ def segment_slide(model, path: str | Path, prompts: str | Sequence[str], out: st
             :mod:`pathsegmentor.inference.prompts`); refused ones are not run and are listed in the summary
             (``refused_prompts``), answered ones carry their resolution there and in the GeoJSON
             (``promptResolution``). ``"open"``: raw text, unchecked.
+        backend: ``"auto"``, ``"tifffile"``, ``"openslide"`` or ``"dicom"`` (see
+            :mod:`pathsegmentor.slide.reader`); the one used and why are in the summary.
 
     Returns:
         :class:`SlideResult` on the main process (None on the others).
@@ -103,7 +111,8 @@ def segment_slide(model, path: str | Path, prompts: str | Sequence[str], out: st
     if procs.device is not None:
         model.to(procs.device)
 
-    with open_slide(path, mpp=mpp) as reader:
+    with open_slide(path, mpp=None if mpp == "auto" else mpp, backend=backend) as reader:
+        estimate = estimate_slide_mpp(reader) if mpp == "auto" else None
         require_mpp(reader)
         lv = reader.level(level) if level is not None else choose_level(reader, model_mpp)
         grid = WorkGrid(reader, lv, model_mpp)
@@ -115,7 +124,8 @@ def segment_slide(model, path: str | Path, prompts: str | Sequence[str], out: st
                  "work_shape": [grid.height, grid.width], "tile": tile, "overlap": overlap, "dtype": dtype,
                  "tissue": bool(tissue), "rows_per_band": rows_per_band, "bands": len(plan), "hires": hires,
                  "prompt_resolution": [r.to_dict() for r in resolutions],
-                 "refused_prompts": [r.to_dict() for r in refused]}
+                 "refused_prompts": [r.to_dict() for r in refused], "backend": reader.backend,
+                 **({"mpp_estimate": estimate} if estimate is not None else {})}
         mode = _check_out(out, state, resume)  # every rank checks (read-only) so all fail alike
         procs.barrier()
         partial = out / PARTIAL
@@ -126,7 +136,9 @@ def segment_slide(model, path: str | Path, prompts: str | Sequence[str], out: st
         procs.barrier()
 
         thumb, _ = reader.thumbnail(2048)
-        tmask = tissue_mask(thumb) if tissue else np.ones(thumb.shape[:2], bool)
+        thumb_px_um2 = reader.mpp ** 2 * (reader.dimensions[0] / thumb.shape[0]) * (reader.dimensions[1] / thumb.shape[1])
+        min_px = int(MIN_TISSUE_UM2 / thumb_px_um2)
+        tmask = tissue_mask(thumb, min_pixels=min_px) if tissue else np.ones(thumb.shape[:2], bool)
         tmap = TissueMap(tmask, grid.height, grid.width, margin=1 if tissue else 0)
 
         store = PartStore(partial / "parts", width=grid.width)

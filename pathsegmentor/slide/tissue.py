@@ -19,8 +19,10 @@ def saturation(rgb: np.ndarray) -> np.ndarray:
     return out
 
 
-def tissue_mask(thumb: np.ndarray, *, min_saturation: float = 0.05, dark: int = 40) -> np.ndarray:
-    """``bool [h, w]`` tissue on an RGB thumbnail.
+def tissue_mask(thumb: np.ndarray, *, min_saturation: float = 0.05, dark: int = 40,
+                min_pixels: int = 0) -> np.ndarray:
+    """``bool [h, w]`` tissue on an RGB thumbnail; pieces smaller than ``min_pixels`` thumbnail pixels
+    (dust, a faint speck on glass) are not tissue.
 
     Threshold: Otsu on saturation, but never below ``min_saturation`` (so an all-glass slide gives no
     tissue rather than noise); near-black pixels (< ``dark``: pen, scanner borders) are excluded.
@@ -36,6 +38,11 @@ def tissue_mask(thumb: np.ndarray, *, min_saturation: float = 0.05, dark: int = 
     if mask.any():
         mask = ndi.binary_closing(mask, structure=np.ones((3, 3), bool), iterations=1) | mask
         mask = ndi.binary_fill_holes(mask)
+    if min_pixels > 0 and mask.any():
+        lab, _ = ndi.label(mask)
+        sizes = np.bincount(lab.ravel())
+        sizes[0] = 0
+        mask = sizes[lab] >= min_pixels
     return mask
 
 
