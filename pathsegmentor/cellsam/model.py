@@ -133,7 +133,7 @@ class CellSAM(PathSegmentor):
         fused = self.mask_fusion(logits, features.embedding, index)
         presence = self.mask_fusion.fuse_presence(torch.stack([outs[k].presence_logits for k in BRANCHES], 1))
         iou = torch.stack([outs[k].iou_pred for k in BRANCHES], 1).mean(1)
-        return FusedDecoderOutput(fused, presence, iou, outs[BRANCHES[0]].stride, outs)
+        return FusedDecoderOutput(fused, presence, iou, outs[BRANCHES[0]].stride, branches=outs)
 
     def forward(self, pixels: torch.Tensor, prompts: Sequence[Sequence[str]] | None = None, *,
                 text_embeddings: torch.Tensor | None = None, features=None, full_resolution: bool = True,
@@ -164,4 +164,4 @@ class CellSAM(PathSegmentor):
 
         fused = shaped(out)
         return CellSAMOutput(fused.mask_logits, fused.presence_logits,
-                             {k: shaped(v) for k, v in out.branches.items()})
+                             branches={k: shaped(v) for k, v in out.branches.items()})

@@ -19,15 +19,31 @@ def separate_instances(mask: np.ndarray, *, h: float = 1.5, min_area: int = 4) -
         return np.zeros(mask.shape, np.int32)
     dist = ndi.distance_transform_edt(mask).astype(np.float32)
     markers, n = ndi.label(h_maxima(dist, h) > 0, structure=np.ones((3, 3), bool))
-    comps, _ = ndi.label(mask)
-    seeded = np.zeros(comps.max() + 1, bool)
+    markers = seed_unseeded(markers, n, mask, dist)
+    labels = watershed(-dist, markers, mask=mask).astype(np.int32)
+    return drop_small(labels, min_area)
+
+
+def seed_unseeded(markers: np.ndarray, n: int, mask: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Every connected component of ``mask`` without a marker gets one (id ``n+1``, ...) at its highest
+    ``score``, so no object is lost by a marker-controlled watershed."""
+    from scipy import ndimage as ndi
+
+    comps, nc = ndi.label(mask)
+    if nc == 0:
+        return markers
+    seeded = np.zeros(nc + 1, bool)
     seeded[np.unique(comps[markers > 0])] = True
-    for cid in np.nonzero(~seeded[1:])[0] + 1:  # components without a seed: seed at their deepest pixel
-        idx = np.argmax(np.where(comps == cid, dist, -1))
+    for cid in np.nonzero(~seeded[1:])[0] + 1:
+        idx = np.argmax(np.where(comps == cid, score, -np.inf))
         n += 1
         markers.flat[idx] = n
-    labels = watershed(-dist, markers, mask=mask).astype(np.int32)
-    if min_area > 1:
+    return markers
+
+
+def drop_small(labels: np.ndarray, min_area: int) -> np.ndarray:
+    """Objects of ``labels`` under ``min_area`` px set to 0 (in place)."""
+    if min_area > 1 and labels.any():
         areas = np.bincount(labels.ravel())
         small = np.nonzero(areas < min_area)[0]
         small = small[small > 0]

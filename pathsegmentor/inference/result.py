@@ -22,6 +22,9 @@ class SegmentationResult:
         model: the model's name.
         resolutions: N :class:`~pathsegmentor.inference.prompts.PromptResolution` (concept, answered-as,
             relation, similarity, reason) in prompt order.
+        instances: ``int32 [N, H, W]`` instance label maps (0 background, ids 1..K per prompt) for prompts of
+            instance concepts (nuclei, cells, glands); all-zero rows for other prompts; None when no prompt
+            is an instance concept (or ``instances="none"``).
     """
 
     prompts: list[str]
@@ -33,6 +36,21 @@ class SegmentationResult:
     model: str = ""
     thresholds: dict[str, float] = field(default_factory=dict)
     resolutions: list[PromptResolution] = field(default_factory=list)
+    instances: np.ndarray | None = None
+
+    @property
+    def instance_counts(self) -> list[int | None]:
+        """Objects per prompt (None for prompts that are not instance concepts)."""
+        if self.instances is None:
+            return [None] * len(self.prompts)
+        return [int(len(np.unique(m[m > 0]))) if self._is_instance_row(i) else None
+                for i, m in enumerate(self.instances)]
+
+    def _is_instance_row(self, i: int) -> bool:
+        from .separation import is_instance_concept
+
+        r = self.resolutions[i] if self.resolutions else None
+        return r is not None and r.answered and is_instance_concept(r.answered_as)
 
     @property
     def labels(self) -> list[str]:
@@ -58,6 +76,7 @@ class SegmentationResult:
     def summary(self) -> dict:
         """JSON-ready summary: per prompt presence, area and resolution; image size, model, mpp."""
         h, w = self.image_size
+        counts = self.instance_counts
         return {
             "model": self.model,
             "image_size": {"height": int(h), "width": int(w)},
@@ -66,6 +85,7 @@ class SegmentationResult:
             "prompts": [
                 {"prompt": p, "presence": round(float(s), 6), "present": bool(m.any()),
                  "area_fraction": round(float(a), 6), "area_pixels": int(m.sum()),
+                 **({"instances": counts[i]} if counts[i] is not None else {}),
                  **({"resolution": self.resolutions[i].to_dict()} if self.resolutions else {})}
                 for i, (p, s, a, m) in enumerate(zip(self.prompts, self.presence, self.area_fraction, self.masks))
             ],

@@ -18,7 +18,10 @@ import torch.nn.functional as F
 from .image_io import ImageInput, resize_rgb, to_rgb_uint8
 from .prompts import check_vocabulary, geometric, resolve_prompts
 from .result import SegmentationResult
+from .separation import decode_instances, is_instance_concept, resize_labels, working_mpp
 from .tiling import BlendAccumulator, tile_grid
+
+INSTANCE_CHOICES = ("auto", "hv", "distance", "watershed", "none")
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..modeling.model import PathSegmentor
@@ -30,7 +33,7 @@ def segment_image(model: "PathSegmentor", image: ImageInput, prompts: str | Sequ
                   boxes: np.ndarray | None = None, mask_threshold: float | None = None,
                   presence_threshold: float | None = None, hires: bool | None = None,
                   tile_overlap: int | None = None, progress: bool = False,
-                  vocabulary: str = "model") -> SegmentationResult:
+                  vocabulary: str = "model", instances: str = "auto", tta: bool = False) -> SegmentationResult:
     """``model.segment(...)``: see :meth:`pathsegmentor.modeling.model.PathSegmentor.segment` for the
     arguments. ``model`` needs ``config``, ``device``, ``name``, ``encode_text`` and ``predict_window``."""
     check_vocabulary(vocabulary)
@@ -45,31 +48,16 @@ def segment_image(model: "PathSegmentor", image: ImageInput, prompts: str | Sequ
         raise ValueError("No prompt given: pass at least one text prompt (e.g. 'nuclei'), or points/boxes.")
     if mpp is not None and not (isinstance(mpp, (int, float)) and 0 < mpp < 100):
         raise ValueError(f"mpp={mpp!r} is not a valid microns-per-pixel value (expected e.g. 0.25 for 40x, 0.5 for 20x)")
+    if instances not in INSTANCE_CHOICES:
+        raise ValueError(f"instances={instances!r} is not an instance decoder. Available: {list(INSTANCE_CHOICES)} "
+                         "('none' skips instance decoding)")
     inf = model.config.inference
     mthr = inf.mask_threshold if mask_threshold is None else mask_threshold
     pthr = inf.presence_threshold if presence_threshold is None else presence_threshold
     overlap = inf.tile_overlap if tile_overlap is None else tile_overlap
     H, W = rgb.shape[:2]
-    scale = 1.0 if mpp is None else float(mpp) / model.config.preprocess.mpp
-    work = rgb
-    if abs(scale - 1.0) > 1e-3:
-        work = resize_rgb(rgb, (max(1, round(H * scale)), max(1, round(W * scale))))
-    sy, sx = work.shape[0] / H, work.shape[1] / W
-
-    geo_points = geo_boxes = None
     n = len(prompts)
-    if boxes is not None:
-        b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * np.array([sx, sy, sx, sy], np.float32)
-        geo_boxes = torch.from_numpy(b).to(model.device)
-    if points is not None:
-        if point_labels is None:
-            raise ValueError("points need point_labels (1 foreground, 0 background) of shape [N, P]")
-        pc = np.asarray(points, dtype=np.float32)
-        pc = pc.reshape(-1, pc.shape[-2], 2) if pc.ndim == 3 else pc.reshape(1, -1, 2)
-        pl = np.asarray(point_labels).reshape(pc.shape[0], pc.shape[1])
-        pc = pc * np.array([sx, sy], np.float32)
-        geo_points = (torch.from_numpy(pc).to(model.device), torch.from_numpy(pl).long().to(model.device))
-    n_geo = max(x.shape[0] if x is not None else 0 for x in (geo_boxes, geo_points[0] if geo_points else None))
+    geo_boxes, geo_points, n_geo = _geometric_inputs(points, point_labels, boxes)
     if n == 0:
         n = n_geo
         names = [f"<geometric prompt {i}>" for i in range(n)]
@@ -78,34 +66,44 @@ def segment_image(model: "PathSegmentor", image: ImageInput, prompts: str | Sequ
         if n_geo not in (0, 1, n):
             raise ValueError(f"{n_geo} point/box sets for {n} text prompts: give one per prompt or one for all")
     if geo_boxes is not None and geo_boxes.shape[0] != n:
-        geo_boxes = geo_boxes.expand(n, 4)
+        geo_boxes = np.broadcast_to(geo_boxes, (n, 4))
     if geo_points is not None and geo_points[0].shape[0] != n:
-        geo_points = (geo_points[0].expand(n, -1, -1), geo_points[1].expand(n, -1))
-    if prompts:
-        resolutions = resolve_prompts(model, prompts, vocabulary)
-    else:
-        resolutions = [geometric(nm) for nm in names]
-    keep = [i for i, r in enumerate(resolutions) if r.answered]
-    if prompts and len(keep) < n:  # refused prompts are not run: empty mask, presence 0
-        index = torch.tensor(keep, dtype=torch.long, device=model.device)
-        geo_boxes = geo_boxes.index_select(0, index) if geo_boxes is not None else None
-        geo_points = (geo_points[0].index_select(0, index), geo_points[1].index_select(0, index)) \
-            if geo_points is not None else None
-    text_emb = model.encode_text([resolutions[i].answered_as for i in keep]) if prompts and keep else None
-    if keep:
-        kept_probs, kept_presence = _predict(model, work, len(keep), text_emb, geo_points, geo_boxes, hires,
-                                             overlap, progress)
-    if len(keep) == n:
-        probs, presence = kept_probs, kept_presence
-    else:
-        h, w = work.shape[:2]
-        probs, presence = np.zeros((n, h, w), np.float32), np.zeros(n, np.float32)
-        if keep:
-            probs[keep], presence[keep] = kept_probs, kept_presence
-    if probs.shape[-2:] != (H, W):
-        probs = F.interpolate(torch.from_numpy(probs)[None], size=(H, W), mode="bilinear",
-                              align_corners=False)[0].numpy()
-    probs = probs.astype(np.float32, copy=False)  # our own array: clipped in place
+        geo_points = (np.broadcast_to(geo_points[0], (n, *geo_points[0].shape[1:])),
+                      np.broadcast_to(geo_points[1], (n, geo_points[1].shape[1])))
+    resolutions = resolve_prompts(model, prompts, vocabulary) if prompts else [geometric(nm) for nm in names]
+    decoder = inf.instances if instances == "auto" else instances
+    want_instances = [bool(prompts) and r.answered and instances != "none" and is_instance_concept(r.answered_as)
+                      for r in resolutions]
+    separation = getattr(model, "has_separation", False) and decoder in ("auto", "hv", "distance")
+    probs = np.zeros((n, H, W), np.float32)
+    presence = np.zeros(n, np.float32)
+    inst_maps = np.zeros((n, H, W), np.int32) if any(want_instances) else None
+    for group_mpp, rows in _groups(model, resolutions, bool(prompts), mpp):
+        scale = 1.0 if mpp is None else float(mpp) / group_mpp
+        work = rgb
+        if abs(scale - 1.0) > 1e-3:
+            work = resize_rgb(rgb, (max(1, round(H * scale)), max(1, round(W * scale))))
+        sy, sx = work.shape[0] / H, work.shape[1] / W
+        t_boxes = t_points = None
+        if geo_boxes is not None:
+            t_boxes = torch.from_numpy(np.ascontiguousarray(geo_boxes[rows] * np.array([sx, sy, sx, sy], np.float32)))
+            t_boxes = t_boxes.to(model.device)
+        if geo_points is not None:
+            pc = np.ascontiguousarray(geo_points[0][rows] * np.array([sx, sy], np.float32))
+            t_points = (torch.from_numpy(pc).to(model.device),
+                        torch.from_numpy(np.ascontiguousarray(geo_points[1][rows])).long().to(model.device))
+        text_emb = model.encode_text([resolutions[i].answered_as for i in rows]) if prompts else None
+        sep_here = separation and any(want_instances[i] for i in rows)
+        p, s, sep = _predict(model, work, len(rows), text_emb, t_points, t_boxes, hires, overlap, progress,
+                             separation=sep_here, tta=tta)
+        presence[rows] = s
+        for k, i in enumerate(rows):
+            if want_instances[i] and s[k] >= pthr:
+                maps = sep[k] if sep is not None else None
+                lab = decode_instances(p[k] > mthr, maps, "auto" if decoder == "auto" else decoder)
+                inst_maps[i] = lab if lab.shape == (H, W) else resize_labels(lab, (H, W))
+        probs[rows] = p if p.shape[-2:] == (H, W) else F.interpolate(
+            torch.from_numpy(p)[None], size=(H, W), mode="bilinear", align_corners=False)[0].numpy()
     np.clip(probs, 0.0, 1.0, out=probs)
     if not prompts:  # geometric prompts assert the target is there; presence is a text-prompt notion
         presence = np.ones(n, np.float32)
@@ -113,23 +111,54 @@ def segment_image(model: "PathSegmentor", image: ImageInput, prompts: str | Sequ
     masks = (probs > mthr) & present[:, None, None]
     return SegmentationResult(prompts=names, masks=masks, probs=probs, presence=presence.astype(np.float32),
                               image_size=(H, W), mpp=mpp, model=model.name,
-                              thresholds={"mask": mthr, "presence": pthr}, resolutions=resolutions)
+                              thresholds={"mask": mthr, "presence": pthr}, resolutions=resolutions,
+                              instances=inst_maps)
+
+
+def _geometric_inputs(points, point_labels, boxes):
+    """Boxes ``[n, 4]`` and points (``[n, P, 2]``, labels ``[n, P]``) as float32/int64 arrays in input pixels."""
+    geo_boxes = geo_points = None
+    if boxes is not None:
+        geo_boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    if points is not None:
+        if point_labels is None:
+            raise ValueError("points need point_labels (1 foreground, 0 background) of shape [N, P]")
+        pc = np.asarray(points, dtype=np.float32)
+        pc = pc.reshape(-1, pc.shape[-2], 2) if pc.ndim == 3 else pc.reshape(1, -1, 2)
+        pl = np.asarray(point_labels).reshape(pc.shape[0], pc.shape[1]).astype(np.int64)
+        geo_points = (pc, pl)
+    n_geo = max(x.shape[0] if x is not None else 0 for x in (geo_boxes, geo_points[0] if geo_points else None))
+    return geo_boxes, geo_points, n_geo
+
+
+def _groups(model, resolutions, text: bool, mpp: float | None) -> list[tuple[float, list[int]]]:
+    """Answered prompts grouped by working µm/px (``preprocess.structure_mpp``; without an input ``mpp``
+    nothing is rescaled, so every prompt runs in one group)."""
+    pp = model.config.preprocess
+    rows = [i for i, r in enumerate(resolutions) if r.answered]
+    if mpp is None or not text or not getattr(pp, "structure_mpp", None):
+        return [(pp.mpp, rows)] if rows else []
+    by: dict[float, list[int]] = {}
+    for i in rows:
+        by.setdefault(working_mpp(pp, resolutions[i].answered_as), []).append(i)
+    return sorted(by.items())
 
 
 def _predict(model, work: np.ndarray, n: int, text_emb, geo_points, geo_boxes, hires, overlap: int,
-             progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    """``work uint8 [h, w, 3]`` at the model's µm/px -> (probs ``[n, h, w]``, presence ``[n]``): one window,
-    or overlapping tiles blended (presence: the maximum over tiles)."""
+             progress: bool, *, separation: bool = False, tta: bool = False):
+    """``work uint8 [h, w, 3]`` at the group's µm/px -> (probs ``[n, h, w]``, presence ``[n]``, separation maps
+    ``[n, 3, h, w]`` or None): one window, or overlapping tiles blended (presence: the maximum over tiles)."""
     size = model.config.preprocess.input_size
     h, w = work.shape[:2]
     if h <= size and w <= size:
-        return model.predict_window(work, text_emb, geo_points, geo_boxes, hires)
+        return _window(model, work, text_emb, geo_points, geo_boxes, hires, separation, tta)
     if geo_points is not None or geo_boxes is not None:
         raise ValueError(
             f"Point/box prompts need the image to fit in one {size}x{size} window (after mpp "
             f"rescaling it is {h}x{w}); crop the region of interest first, or use text prompts.")
     tiles = tile_grid(h, w, size, overlap)
     acc = BlendAccumulator(n, h, w, overlap)
+    sep_acc = BlendAccumulator(3 * n, h, w, overlap) if separation else None
     presence = np.zeros(n, np.float32)
     it = tiles
     if progress:
@@ -137,7 +166,45 @@ def _predict(model, work: np.ndarray, n: int, text_emb, geo_points, geo_boxes, h
 
         it = tqdm(tiles, desc="tiles", unit="tile")
     for t in it:
-        p, s = model.predict_window(work[t.y0:t.y1, t.x0:t.x1], text_emb, None, None, hires)
+        p, s, sep = _window(model, work[t.y0:t.y1, t.x0:t.x1], text_emb, None, None, hires, separation, tta)
         acc.add(t, p)
+        if sep_acc is not None:
+            sep_acc.add(t, sep.reshape(3 * n, *sep.shape[-2:]))
         presence = np.maximum(presence, s)
-    return acc.result(), presence
+    return acc.result(), presence, (sep_acc.result().reshape(n, 3, h, w) if sep_acc is not None else None)
+
+
+def _window(model, window: np.ndarray, text_emb, points, boxes, hires, separation: bool, tta: bool):
+    """One window; with ``tta`` the mean over the identity, horizontal and vertical flips (flipped back; a
+    flip negates its axis' centre-offset map). Point/box prompts are flipped with the window."""
+    if not separation and not tta and not hasattr(model, "predict_window_maps"):
+        p, s = model.predict_window(window, text_emb, points, boxes, hires)
+        return p, s, None
+    pred = model.predict_window_maps(window, text_emb, points, boxes, hires, separation=separation)
+    if not tta:
+        return pred.probs, pred.presence, pred.separation
+    h, w = window.shape[:2]
+    probs, presence = [pred.probs], [pred.presence]
+    seps = [pred.separation] if separation else []
+    for axis in (1, 0):  # 1: left-right (x), 0: up-down (y)
+        f_points = f_boxes = None
+        if points is not None:
+            c = points[0].clone()
+            c[..., 1 - axis] = (w if axis == 1 else h) - c[..., 1 - axis]
+            f_points = (c, points[1])
+        if boxes is not None:
+            b = boxes.clone()
+            if axis == 1:
+                b[:, [0, 2]] = w - boxes[:, [2, 0]]
+            else:
+                b[:, [1, 3]] = h - boxes[:, [3, 1]]
+            f_boxes = b
+        q = model.predict_window_maps(np.flip(window, axis), text_emb, f_points, f_boxes, hires, separation=separation)
+        probs.append(np.flip(q.probs, axis + 1))
+        presence.append(q.presence)
+        if separation:
+            m = np.flip(q.separation, axis + 2).copy()
+            m[:, 1 - axis] *= -1  # x offsets flip with a left-right flip, y offsets with an up-down flip
+            seps.append(m)
+    sep = np.mean(seps, axis=0).astype(np.float32) if separation else None
+    return np.mean(probs, axis=0).astype(np.float32), np.mean(presence, axis=0).astype(np.float32), sep

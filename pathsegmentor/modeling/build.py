@@ -36,7 +36,8 @@ def build_model(cfg: ModelConfig, model_cls: type):
     mask_decoder = build_mask_decoder(transformer_dim=md.transformer_dim, depth=md.depth, mlp_dim=md.mlp_dim,
                                       num_heads=md.num_heads, num_multimask_outputs=md.num_multimask_outputs,
                                       iou_head_depth=md.iou_head_depth, iou_head_hidden_dim=md.iou_head_hidden_dim,
-                                      hires=md.hires, hires_dim=md.hires_dim, skip_channels=skip_c)
+                                      hires=md.hires, hires_dim=md.hires_dim, skip_channels=skip_c,
+                                      separation_channels=md.separation_channels)
     adapter = TextPromptAdapter(text_dim=text_encoder.dim, embed_dim=md.transformer_dim,
                                 num_tokens=cfg.prompt_adapter.num_tokens, hidden_dim=cfg.prompt_adapter.hidden_dim,
                                 dropout=cfg.prompt_adapter.dropout)

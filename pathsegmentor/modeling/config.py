@@ -76,6 +76,8 @@ class MaskDecoderConfig:
     iou_head_hidden_dim: int = 256
     hires: bool = True
     hires_dim: int = 32
+    # instance separation maps predicted beside the mask (0: none; 3: centre offsets x/y + border distance)
+    separation_channels: int = 0
 
 
 @dataclass
@@ -93,6 +95,9 @@ class PreprocessConfig:
     pixel_std: tuple[float, float, float] = IMAGENET_STD
     mpp: float = 0.5
     prompt_template: str = "{}"
+    # working µm/px per ontology structure where it differs from ``mpp`` (e.g. {"cell": 0.25}: nuclei at 40x,
+    # tissue compartments and glands at ``mpp``); segment() and training scale each prompt group to its own
+    structure_mpp: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -102,6 +107,9 @@ class InferenceConfig:
     tile_overlap: int = 128
     # nearest-concept step of prompt resolution: cosine threshold (0: calibrated on the ontology itself)
     prompt_similarity: float = 0.0
+    # instance decoder for instance concepts: "auto" (the separation maps when the model predicts them, else
+    # "watershed"), "hv" (centre offsets), "distance" (border distance), "watershed" (of the binary mask)
+    instances: str = "auto"
 
 
 @dataclass

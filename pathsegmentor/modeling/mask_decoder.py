@@ -10,7 +10,11 @@ state-dict keys, so official weights load) and changes how one decode runs:
   are fused into SAM's stride-4 upscaled embedding, and a second hypernetwork reads the stride-2
   features, so masks come out at 1/2 of the input instead of 1/4 (nuclei are 8-20 px);
 * **presence head**: from the decoder's outputs for the prompt tokens and the mask token, one
-  logit per prompt: "is the target in this image at all?".
+  logit per prompt: "is the target in this image at all?";
+* **separation head** (optional, ``separation_channels > 0``): per prompt, a small conv net on the
+  stride-2 mask features predicts maps that separate touching objects (channels 0-1: horizontal and
+  vertical distance to the object's centre, HoVer-Net style; channel 2: distance to the object's
+  border; see :mod:`pathsegmentor.inference.separation`).
 
 With ``hires=False`` and points/boxes only, the masks are exactly upstream's single-mask output.
 """
@@ -54,15 +58,34 @@ class HighResFeatures(nn.Module):
         return f2, f4
 
 
+class SeparationHead(nn.Module):
+    """Per-prompt mask features ``[M, dim, h, w]`` -> separation maps ``[M, channels, h, w]``: raw outputs,
+    ``tanh`` for the two centre-offset channels and ``sigmoid`` for the border distance are applied by
+    the consumer (:func:`pathsegmentor.inference.separation.activate`)."""
+
+    def __init__(self, *, dim: int, channels: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(dim + 1, dim, 3, padding=1), nn.GELU(),
+            nn.Conv2d(dim, dim, 3, padding=1), nn.GELU(),
+            nn.Conv2d(dim, channels, 1),
+        )
+
+    def forward(self, features: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([features, mask_logits[:, None]], dim=1))
+
+
 @dataclass
 class DecoderOutput:
     """``mask_logits [M, H_out, W_out]`` (stride 2 with hires, else stride 4), ``presence_logits [M]``,
-    ``iou_pred [M]`` (SAM's quality estimate), ``stride`` of the mask grid relative to the input."""
+    ``iou_pred [M]`` (SAM's quality estimate), ``stride`` of the mask grid relative to the input;
+    ``separation [M, K, H_out, W_out]`` raw separation maps when asked for (else None)."""
 
     mask_logits: torch.Tensor
     presence_logits: torch.Tensor
     iou_pred: torch.Tensor
     stride: int
+    separation: torch.Tensor | None = None
 
 
 def _mask_decoder_class():
@@ -73,7 +96,7 @@ def _mask_decoder_class():
     class PathSegMaskDecoder(MaskDecoder):
         def __init__(self, *, transformer_dim: int, transformer: nn.Module, num_multimask_outputs: int = 3,
                      iou_head_depth: int = 3, iou_head_hidden_dim: int = 256, hires: bool = True,
-                     hires_dim: int = 32, skip_channels: int = 0) -> None:
+                     hires_dim: int = 32, skip_channels: int = 0, separation_channels: int = 0) -> None:
             super().__init__(transformer_dim=transformer_dim, transformer=transformer,
                              num_multimask_outputs=num_multimask_outputs, iou_head_depth=iou_head_depth,
                              iou_head_hidden_dim=iou_head_hidden_dim)
@@ -85,12 +108,14 @@ def _mask_decoder_class():
             self.hires_fuse = nn.Sequential(nn.Conv2d(c, c, 1), nn.GELU())
             self.hires_hypernetwork = MLP(transformer_dim, transformer_dim, c, 3)
             self.presence_head = MLP(2 * transformer_dim, transformer_dim, 1, 3)
+            self.separation_channels = separation_channels
+            self.separation_head = SeparationHead(dim=c, channels=separation_channels) if separation_channels else None
 
         def decode(self, *, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
                    sparse_prompt_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor,
                    image_index: torch.Tensor, num_text_tokens: int = 0,
                    pixels: torch.Tensor | None = None, skip4: torch.Tensor | None = None,
-                   hires: bool | None = None) -> DecoderOutput:
+                   hires: bool | None = None, separation: bool | torch.Tensor = False) -> DecoderOutput:
             """Decode M prompts over B images.
 
             Args:
@@ -103,7 +128,16 @@ def _mask_decoder_class():
                 pixels: ``[B, 3, H, W]`` normalised input, needed by the hires path.
                 skip4: ``[B, C_s, H/4, W/4]`` encoder skip features (optional).
                 hires: override the module's ``hires`` switch for this call.
+                separation: also predict the separation maps (needs a separation head): True for every row,
+                or ``bool [M]`` for some rows (the others' maps are zeros; saves the head's cost in training).
             """
+            sep_rows = None
+            if isinstance(separation, torch.Tensor):
+                sep_rows = separation.nonzero(as_tuple=True)[0]
+                separation = bool(sep_rows.numel())
+            if separation and self.separation_head is None:
+                raise ValueError("this model has no separation head (mask_decoder.separation_channels is 0); "
+                                 "use the watershed instance decoder instead")
             use_hires = self.hires if hires is None else hires
             m = sparse_prompt_embeddings.shape[0]
             output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
@@ -127,7 +161,11 @@ def _mask_decoder_class():
             iou_pred = self.iou_prediction_head(iou_token_out)[:, 0]
             if not use_hires:
                 logits = torch.einsum("mc,mchw->mhw", hyper, up4)
-                return DecoderOutput(logits, presence, iou_pred, stride=16 // 4)
+                sep = None
+                if separation:
+                    sel = slice(None) if sep_rows is None else sep_rows
+                    sep = _rows_apply(self.separation_head, up4[sel], logits[sel], sep_rows, m)
+                return DecoderOutput(logits, presence, iou_pred, stride=16 // 4, separation=sep)
             if pixels is None:
                 raise ValueError("the high-resolution path needs `pixels`; pass them or hires=False")
             f2, f4 = self.hires_features(pixels, skip4)
@@ -140,14 +178,31 @@ def _mask_decoder_class():
             for i in torch.unique(image_index).tolist():
                 rows = (image_index == i).nonzero(as_tuple=True)[0]
                 detail[rows] = torch.einsum("mc,chw->mhw", hyper2[rows], f2[i])
-            return DecoderOutput(logits2 + detail, presence, iou_pred, stride=2)
+            logits = logits2 + detail
+            sep = None
+            if separation:
+                sel = slice(None) if sep_rows is None else sep_rows
+                x2 = F.interpolate(x4[sel], scale_factor=2, mode="bilinear", align_corners=False) + f2[image_index[sel]]
+                sep = _rows_apply(self.separation_head, x2, logits[sel], sep_rows, m)
+            return DecoderOutput(logits, presence, iou_pred, stride=2, separation=sep)
 
     return PathSegMaskDecoder
 
 
+def _rows_apply(head: nn.Module, feats: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor | None,
+                total: int) -> torch.Tensor:
+    """The separation head on ``feats``/``logits`` (already restricted to ``rows`` when given), scattered into
+    zeros of ``total`` rows."""
+    out = head(feats, logits)
+    if rows is None:
+        return out
+    return out.new_zeros((total, *out.shape[1:])).index_copy(0, rows, out)
+
+
 def build_mask_decoder(*, transformer_dim: int, depth: int, mlp_dim: int, num_heads: int,
                        num_multimask_outputs: int = 3, iou_head_depth: int = 3, iou_head_hidden_dim: int = 256,
-                       hires: bool = True, hires_dim: int = 32, skip_channels: int = 0) -> nn.Module:
+                       hires: bool = True, hires_dim: int = 32, skip_channels: int = 0,
+                       separation_channels: int = 0) -> nn.Module:
     ensure_torchvision()
     from segment_anything.modeling.transformer import TwoWayTransformer
 
@@ -165,4 +220,5 @@ def build_mask_decoder(*, transformer_dim: int, depth: int, mlp_dim: int, num_he
         hires=hires,
         hires_dim=hires_dim,
         skip_channels=skip_channels,
+        separation_channels=separation_channels,
     )

@@ -27,10 +27,23 @@ if TYPE_CHECKING:  # pragma: no cover
 @dataclass
 class PathSegOutput:
     """Training-time output. ``mask_logits [B, P, H, W]`` at the input resolution (or the decoder
-    grid with ``full_resolution=False``), ``presence_logits [B, P]``."""
+    grid with ``full_resolution=False``), ``presence_logits [B, P]``; ``separation [B, P, K, H, W]`` raw
+    separation maps when asked for (else None)."""
 
     mask_logits: torch.Tensor
     presence_logits: torch.Tensor
+    separation: torch.Tensor | None = None
+
+
+@dataclass
+class WindowPrediction:
+    """One window's prediction: ``probs float32 [N, h, w]`` in [0, 1], ``presence float32 [N]``, and
+    ``separation float32 [N, K, h, w]`` activated separation maps (offsets in [-1, 1], distance in
+    [0, 1]) when asked for, else None."""
+
+    probs: np.ndarray
+    presence: np.ndarray
+    separation: np.ndarray | None = None
 
 
 class PathSegmentor(nn.Module):
@@ -86,19 +99,9 @@ class PathSegmentor(nn.Module):
         region, structure, object type, parent, synonyms, training sources and validation Dice per source,
         in ontology order. A model that records no vocabulary lists every ontology concept with
         ``recorded: False`` (prompt resolution then answers all of them)."""
-        from ..ontology import Ontology
+        from .vocabulary import vocabulary_rows
 
-        onto = Ontology.load()
-        vocab = self.config.vocabulary
-        rows = []
-        for name, c in onto.categories.items():
-            if vocab and name not in vocab:
-                continue
-            v = vocab.get(name, {})
-            rows.append({"concept": name, "region": c.region, "structure": c.structure, "object_type": c.object_type,
-                         "parent": c.parent, "synonyms": list(c.synonyms), "sources": list(v.get("sources", [])),
-                         "validation_dice": dict(v.get("validation_dice", {})), "recorded": bool(vocab)})
-        return rows
+        return vocabulary_rows(self.config)
 
     # ------------------------------------------------------------------ tensors in, tensors out
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -120,7 +123,7 @@ class PathSegmentor(nn.Module):
     def decode(self, features: ImageFeatures, pixels: torch.Tensor | None, *,
                text_embeddings: torch.Tensor | None = None, image_index: torch.Tensor | None = None,
                points: tuple[torch.Tensor, torch.Tensor] | None = None, boxes: torch.Tensor | None = None,
-               hires: bool | None = None):
+               hires: bool | None = None, separation: bool | torch.Tensor = False):
         """Decode M prompts over the B images of ``features``.
 
         Args:
@@ -130,9 +133,12 @@ class PathSegmentor(nn.Module):
             image_index: ``int64 [M]`` image of each prompt (default: all prompts on image 0).
             points: (coords ``[M, P, 2]`` XY in input pixels, labels ``[M, P]`` 1 fg / 0 bg) or None.
             boxes: ``[M, 4]`` XYXY in input pixels, or None.
+            separation: also predict the separation maps (models with a separation head): True, or
+                ``bool [M]`` rows that need them.
 
         Returns:
-            ``DecoderOutput`` (mask logits on the decoder grid, presence logits, iou predictions).
+            ``DecoderOutput`` (mask logits on the decoder grid, presence logits, iou predictions, and the raw
+            separation maps when asked for).
         """
         emb = features.embedding
         h, w = emb.shape[-2:]
@@ -163,20 +169,30 @@ class PathSegmentor(nn.Module):
         return self.mask_decoder.decode(
             image_embeddings=emb, image_pe=self._dense_pe(h, w), sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense, image_index=image_index, num_text_tokens=n_text,
-            pixels=pixels, skip4=features.skips.get(4), hires=hires)
+            pixels=pixels, skip4=features.skips.get(4), hires=hires, separation=separation)
 
     def forward(self, pixels: torch.Tensor, prompts: Sequence[Sequence[str]] | None = None, *,
                 text_embeddings: torch.Tensor | None = None, features: ImageFeatures | None = None,
-                full_resolution: bool = True) -> PathSegOutput:
-        """Training forward: B images, P text prompts each.
+                full_resolution: bool = True, boxes: torch.Tensor | None = None, points: torch.Tensor | None = None,
+                separation: bool | torch.Tensor = False) -> PathSegOutput:
+        """Training forward: B images, P prompts each.
 
         Args:
             pixels: normalised ``[B, 3, H, W]``.
-            prompts: B lists of P strings, or give ``text_embeddings [B, P, D]`` instead.
+            prompts: B lists of P strings (``""``: no text, a geometric prompt alone), or give
+                ``text_embeddings [B, P, D]`` instead (text only).
             features: precomputed image features (embedding-cache mode); else encoded here.
             full_resolution: upsample logits to ``H, W`` (else the decoder grid).
+            boxes: ``[B, P, 4]`` XYXY in input pixels, NaN on rows without a box.
+            points: ``[B, P, 2]`` XY of one foreground point, NaN on rows without one.
+            separation: also return the separation maps: True, or ``bool [B, P]`` rows that need them (the
+                others get zeros; training asks only for rows with instance ground truth).
+
+        Rows are decoded in groups of the same prompt kind (text; text + box; box; point), each exactly as
+        :meth:`segment` decodes that kind, and put back in order.
         """
         b = pixels.shape[0]
+        geometric = boxes is not None or points is not None
         if text_embeddings is None:
             if prompts is None or len(prompts) != b:
                 raise ValueError(f"need {b} prompt lists (one per image), got {None if prompts is None else len(prompts)}")
@@ -184,16 +200,57 @@ class PathSegmentor(nn.Module):
             if any(len(x) != p for x in prompts):
                 raise ValueError("every image needs the same number of prompts (pad with repeats)")
             flat = [s for x in prompts for s in x]
-            text_embeddings = self.encode_text(flat).view(b, p, -1)
-        p = text_embeddings.shape[1]
+            has_text = torch.tensor([bool(s) for s in flat], device=pixels.device)
+            text_embeddings = None
+            if has_text.any():
+                emb = self.encode_text([s for s in flat if s])
+                text_embeddings = emb.new_zeros(b * p, emb.shape[-1])
+                text_embeddings[has_text] = emb
+        else:
+            p = text_embeddings.shape[1]
+            text_embeddings = text_embeddings.reshape(b * p, -1)
+            has_text = torch.ones(b * p, dtype=torch.bool, device=pixels.device)
         if features is None:
             features = self.encode_image(pixels)
         index = torch.arange(b, device=pixels.device).repeat_interleave(p)
-        out = self.decode(features, pixels, text_embeddings=text_embeddings.reshape(b * p, -1), image_index=index)
-        logits = out.mask_logits
+        sep_rows = separation.reshape(b * p).to(pixels.device) if isinstance(separation, torch.Tensor) else separation
+        if not geometric:
+            out = self.decode(features, pixels, text_embeddings=text_embeddings, image_index=index,
+                              separation=sep_rows)
+            logits, presence, sep = out.mask_logits, out.presence_logits, out.separation
+        else:
+            has_box = ~torch.isnan(boxes.reshape(b * p, 4)[:, 0]) if boxes is not None else torch.zeros_like(has_text)
+            has_point = ~torch.isnan(points.reshape(b * p, 2)[:, 0]) if points is not None else torch.zeros_like(has_text)
+            logits = presence = sep = None
+            for rows_mask, use_text, use_box, use_point in (
+                    (has_text & ~has_box & ~has_point, True, False, False), (has_text & has_box, True, True, False),
+                    (~has_text & has_box, False, True, False), (~has_text & has_point, False, False, True)):
+                rows = rows_mask.nonzero(as_tuple=True)[0]
+                if rows.numel() == 0:
+                    continue
+                pts = None
+                if use_point:
+                    xy = points.reshape(b * p, 1, 2)[rows]
+                    pts = (xy, torch.ones(xy.shape[:2], dtype=torch.long, device=xy.device))
+                group_sep = sep_rows[rows] if isinstance(sep_rows, torch.Tensor) else sep_rows
+                out = self.decode(features, pixels, image_index=index[rows], separation=group_sep,
+                                  text_embeddings=text_embeddings[rows] if use_text else None,
+                                  boxes=boxes.reshape(b * p, 4)[rows] if use_box else None, points=pts)
+                if logits is None:
+                    logits = out.mask_logits.new_zeros((b * p, *out.mask_logits.shape[-2:]))
+                    presence = out.presence_logits.new_zeros(b * p)
+                if out.separation is not None and sep is None:
+                    sep = out.separation.new_zeros((b * p, *out.separation.shape[1:]))
+                logits = logits.index_copy(0, rows, out.mask_logits)
+                presence = presence.index_copy(0, rows, out.presence_logits)
+                if out.separation is not None:
+                    sep = sep.index_copy(0, rows, out.separation)
         if full_resolution:
             logits = F.interpolate(logits[:, None], size=pixels.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        return PathSegOutput(logits.view(b, p, *logits.shape[-2:]), out.presence_logits.view(b, p))
+            if sep is not None:
+                sep = F.interpolate(sep, size=pixels.shape[-2:], mode="bilinear", align_corners=False)
+        sep = sep.view(b, p, *sep.shape[1:]) if sep is not None else None
+        return PathSegOutput(logits.view(b, p, *logits.shape[-2:]), presence.view(b, p), sep)
 
     # ------------------------------------------------------------------ user-facing inference
     def _window_size(self, h: int, w: int) -> tuple[int, int]:
@@ -204,37 +261,56 @@ class PathSegmentor(nn.Module):
         return max(d, math.ceil(h / d) * d), max(d, math.ceil(w / d) * d)
 
     @torch.no_grad()
-    def predict_window(self, window: np.ndarray, text_emb: torch.Tensor | None, points, boxes,
-                       hires: bool | None) -> tuple[np.ndarray, np.ndarray]:
-        """One window ``uint8 [h, w, 3]`` (h, w <= input_size) at the model's µm/px -> (probs
-        ``float32 [N, h, w]`` in [0, 1], presence ``float32 [N]``). ``text_emb [N, D]`` from
-        :meth:`encode_text`; ``points`` (coords ``[N, P, 2]`` XY, labels ``[N, P]``) and ``boxes [N, 4]``
-        XYXY in window pixels, or None. One image encoding serves all N prompts. The building block of
-        ``segment()`` and of whole-slide inference."""
+    def predict_window_maps(self, window: np.ndarray, text_emb: torch.Tensor | None, points, boxes,
+                            hires: bool | None, separation: bool = False) -> WindowPrediction:
+        """One window ``uint8 [h, w, 3]`` (h, w <= input_size) at the model's µm/px -> :class:`WindowPrediction`.
+        ``text_emb [N, D]`` from :meth:`encode_text`; ``points`` (coords ``[N, P, 2]`` XY, labels ``[N, P]``)
+        and ``boxes [N, 4]`` XYXY in window pixels, or None. One image encoding serves all N prompts;
+        ``separation`` adds the separation maps (models with a separation head)."""
         h, w = window.shape[:2]
         ph, pw = self._window_size(h, w)
-        x = torch.from_numpy(window).to(self.device).permute(2, 0, 1)[None]
+        x = torch.from_numpy(np.ascontiguousarray(window)).to(self.device).permute(2, 0, 1)[None]
         x = self.normalize(x)
         x = F.pad(x, (0, pw - w, 0, ph - h))  # bottom-right zero padding after normalisation, as SAM
         feats = self.encode_image(x)
-        out = self.decode(feats, x, text_embeddings=text_emb, points=points, boxes=boxes, hires=hires)
+        out = self.decode(feats, x, text_embeddings=text_emb, points=points, boxes=boxes, hires=hires,
+                          separation=separation)
         logits = F.interpolate(out.mask_logits[:, None], size=(ph, pw), mode="bilinear", align_corners=False)
-        logits = logits[:, 0, :h, :w]
-        return torch.sigmoid(logits).float().cpu().numpy(), torch.sigmoid(out.presence_logits).float().cpu().numpy()
+        probs = torch.sigmoid(logits[:, 0, :h, :w]).float().cpu().numpy()
+        presence = torch.sigmoid(out.presence_logits).float().cpu().numpy()
+        sep = None
+        if separation:
+            raw = F.interpolate(out.separation, size=(ph, pw), mode="bilinear", align_corners=False)[:, :, :h, :w]
+            sep = torch.cat([torch.tanh(raw[:, :2]), torch.sigmoid(raw[:, 2:])], dim=1).float().cpu().numpy()
+        return WindowPrediction(probs, presence, sep)
+
+    @property
+    def has_separation(self) -> bool:
+        """Whether the decoder predicts instance separation maps."""
+        return getattr(self.mask_decoder, "separation_head", None) is not None
+
+    @torch.no_grad()
+    def predict_window(self, window: np.ndarray, text_emb: torch.Tensor | None, points, boxes,
+                       hires: bool | None) -> tuple[np.ndarray, np.ndarray]:
+        """(probs ``float32 [N, h, w]`` in [0, 1], presence ``float32 [N]``) of one window: see
+        :meth:`predict_window_maps`. The building block of ``segment()`` and of whole-slide inference."""
+        pred = self.predict_window_maps(window, text_emb, points, boxes, hires)
+        return pred.probs, pred.presence
 
     def segment(self, image: "ImageInput", prompts: str | Sequence[str] | None = None, *,
                 mpp: float | None = None, points: np.ndarray | None = None, point_labels: np.ndarray | None = None,
                 boxes: np.ndarray | None = None, mask_threshold: float | None = None,
                 presence_threshold: float | None = None, hires: bool | None = None,
                 tile_overlap: int | None = None, progress: bool = False,
-                vocabulary: str = "model") -> "SegmentationResult":
+                vocabulary: str = "model", instances: str = "auto", tta: bool = False) -> "SegmentationResult":
         """Segment whatever each prompt names.
 
         Args:
             image: path, PIL image, numpy ``HxW``/``HxWxC`` (uint8/uint16/float) or torch ``CxHxW``.
             prompts: a phrase or a list of N phrases (canonical names or synonyms, e.g. "tumor nuclei").
-            mpp: microns per pixel of ``image``; when given the image is rescaled to the model's mpp and
-                masks are mapped back to the input size.
+            mpp: microns per pixel of ``image``; when given the image is rescaled to each prompt's working
+                mpp (``config.preprocess.structure_mpp``, e.g. nuclei at 0.25) and masks are mapped back to
+                the input size. Without it nothing is rescaled.
             points: ``[N, P, 2]`` XY in input pixels with ``point_labels [N, P]`` (1 fg, 0 bg).
             boxes: ``[N, 4]`` (or ``[4]``) XYXY in input pixels. Geometric prompts combine with text
                 (one set per text prompt, or one set broadcast to all) or replace it.
@@ -245,6 +321,10 @@ class PathSegmentor(nn.Module):
                 for concepts this model was trained on (or their trained parent/sub-concept, said so);
                 other phrases get an empty mask, presence 0 and the reason (``res.resolutions``).
                 ``"open"``: raw text to the text tower, unchecked (research).
+            instances: instance decoder for nuclei/cell/gland prompts (``res.instances``): ``"auto"`` (the
+                model's separation maps if it predicts them, else a watershed of the mask), ``"hv"``,
+                ``"distance"``, ``"watershed"``, or ``"none"``.
+            tta: average over horizontal and vertical flips (3x the cost).
 
         Returns:
             :class:`~pathsegmentor.inference.result.SegmentationResult` with ``masks [N, H, W]`` at the
@@ -255,4 +335,5 @@ class PathSegmentor(nn.Module):
 
         return segment_image(self, image, prompts, mpp=mpp, points=points, point_labels=point_labels, boxes=boxes,
                              mask_threshold=mask_threshold, presence_threshold=presence_threshold, hires=hires,
-                             tile_overlap=tile_overlap, progress=progress, vocabulary=vocabulary)
+                             tile_overlap=tile_overlap, progress=progress, vocabulary=vocabulary,
+                             instances=instances, tta=tta)

@@ -49,7 +49,8 @@ def random_scaled_crop(image: np.ndarray, masks: list[np.ndarray], *, crop: int,
     """Cut a window that becomes ``crop x crop`` after resizing by ``scale`` (model px per source px).
 
     Images smaller than the window are padded with ``fill`` (white, like glass) and masks with 0.
-    Returns the ``uint8 [crop, crop, 3]`` image and each mask as ``uint8 [crop, crop]`` (nearest).
+    Returns the ``uint8 [crop, crop, 3]`` image and each mask as ``uint8 [crop, crop]`` (nearest); int32
+    masks (instance label maps) stay int32.
     """
     h, w = image.shape[:2]
     win = max(1, int(round(crop / scale)))
@@ -64,9 +65,9 @@ def random_scaled_crop(image: np.ndarray, masks: list[np.ndarray], *, crop: int,
     if win != crop:
         resample = Image.Resampling.BOX if win > crop else Image.Resampling.BILINEAR
         img = np.asarray(Image.fromarray(img).resize((crop, crop), resample=resample))
-        ms = [np.asarray(Image.fromarray(m.astype(np.uint8)).resize((crop, crop), Image.Resampling.NEAREST))
-              for m in ms]
-    return img, [m.astype(np.uint8) for m in ms]
+        ms = [np.asarray(Image.fromarray(m.astype(np.int32 if m.dtype == np.int32 else np.uint8))
+                         .resize((crop, crop), Image.Resampling.NEAREST)) for m in ms]
+    return img, [m.astype(np.int32 if m.dtype == np.int32 else np.uint8) for m in ms]
 
 
 def flip_rotate(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:

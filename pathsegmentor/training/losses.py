@@ -15,6 +15,7 @@ class LossConfig:
     focal: float = 0.0
     focal_gamma: float = 2.0
     presence: float = 0.5
+    separation: float = 0.0  # weight of the separation-map loss (models with a separation head)
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -66,6 +67,43 @@ def segmentation_loss(mask_logits: torch.Tensor, presence_logits: torch.Tensor, 
         total = total + cfg.presence * out["presence"]
     out["loss"] = total
     return out
+
+
+def separation_loss(raw: torch.Tensor, target: torch.Tensor, rows: torch.Tensor,
+                    objects: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Loss of the separation maps on the rows that have instance ground truth.
+
+    Args:
+        raw: ``[B, P, 3, H, W]`` raw head outputs; target: ``[B, P, 3, H, W]``
+            (:func:`pathsegmentor.inference.separation.separation_targets`).
+        rows: ``bool [B, P]`` rows with instance ground truth; objects: ``[B, P, H, W]`` their object masks;
+        valid: ``bool [B, P, H, W]``.
+    Centre offsets (``tanh``): mean squared error on object pixels plus the same on their spatial
+    gradients (HoVer-Net's MSGE: the gradient is what cuts touching objects); border distance
+    (``sigmoid``): mean squared error on all valid pixels. Zero when no row has instances.
+    """
+    if not bool(rows.any()):
+        return raw.sum() * 0.0
+    r, t = raw[rows], target[rows]
+    obj = (objects[rows] > 0) & valid[rows]
+    v = valid[rows].to(r.dtype)
+    o = obj.to(r.dtype)[:, None]
+    hv = torch.tanh(r[:, :2])
+    mse_hv = ((hv - t[:, :2]) ** 2 * o).sum() / (2 * o.sum()).clamp(min=1)
+
+    def grads(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
+
+    gx_p, _ = grads(hv[:, :1])
+    _, gy_p = grads(hv[:, 1:2])
+    gx_t, _ = grads(t[:, :1])
+    _, gy_t = grads(t[:, 1:2])
+    ox, oy = o[..., :, 1:] * o[..., :, :-1], o[..., 1:, :] * o[..., :-1, :]
+    msge = (((gx_p - gx_t) ** 2 * ox).sum() / ox.sum().clamp(min=1)
+            + ((gy_p - gy_t) ** 2 * oy).sum() / oy.sum().clamp(min=1))
+    dist = torch.sigmoid(r[:, 2])
+    mse_d = ((dist - t[:, 2]) ** 2 * v).sum() / v.sum().clamp(min=1)
+    return mse_hv + msge + mse_d
 
 
 def fused_segmentation_loss(output, target: torch.Tensor, valid: torch.Tensor, presence: torch.Tensor, cfg,

@@ -62,6 +62,8 @@ def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) ->
     """Read a YAML recipe and apply ``key.sub=value`` overrides; unknown keys raise ConfigError."""
     cfg, recipe_dir = load_recipe(TrainConfig, path, overrides)
     cfg.data.corpus = resolve_data_path(cfg.data.corpus, recipe_dir)
+    if cfg.model.init_from.startswith((".", "/")) or "/" in cfg.model.init_from:  # a path, not a registered name
+        cfg.model.init_from = resolve_data_path(cfg.model.init_from, recipe_dir)
     return cfg
 
 
@@ -147,8 +149,11 @@ class SegmentationObjective(Objective):
             raise ConfigError(f"model '{cfg.model.name}' takes fixed {pp.input_size}x{pp.input_size} inputs (ViT "
                               f"position embeddings); set data.crop={pp.input_size} (got {cfg.data.crop})")
         synonyms = load_synonyms(cfg.data.corpus)
+        if cfg.data.separation and not getattr(model, "has_separation", False):
+            raise ConfigError("data.separation needs a model with a separation head: set "
+                              "model.overrides.mask_decoder.separation_channels=3 (or a model config that has one)")
         ds = PromptedCrops(corpus, cfg.data.train_split, cfg.data, model_mpp=pp.mpp, seed=cfg.train.seed,
-                           synonyms=synonyms)
+                           synonyms=synonyms, structure_mpp=pp.structure_mpp)
         weights = sampling_weights(corpus, cfg.data.train_split, cfg.data.balance, cfg.data.sources)
         self.cache_build_s = 0.0
         if cfg.cache.enabled:
@@ -169,17 +174,27 @@ class SegmentationObjective(Objective):
 
     def loss(self, module, batch: dict[str, Any], device) -> dict[str, Any]:
         from .embedding_cache import features_from_batch
-        from .losses import fused_segmentation_loss, segmentation_loss
+        from .losses import fused_segmentation_loss, segmentation_loss, separation_loss
 
         pixels = self.model.normalize(batch["pixels"].to(device))
         feats = features_from_batch(batch)
         if feats is not None:
             feats = feats.to(device)
-        outp = module(pixels, batch["prompts"], features=feats)
+        extra = {}
+        if "boxes" in batch:  # geometric prompts (data.geometric_per_image > 0)
+            extra.update(boxes=batch["boxes"].to(device), points=batch["points"].to(device))
+        if "sep_target" in batch:  # separation-map targets (data.separation)
+            extra["separation"] = batch["sep_valid"].to(device)  # the head runs only where there are instances
+        outp = module(pixels, batch["prompts"], features=feats, **extra)
         target, valid, presence = (batch[k].to(device) for k in ("target", "valid", "presence"))
         if getattr(outp, "branches", None):  # CellSAM fused mode: deep supervision of every branch
             return fused_segmentation_loss(outp, target, valid, presence, self.cfg.loss)
-        return segmentation_loss(outp.mask_logits, outp.presence_logits, target, valid, presence, self.cfg.loss)
+        out = segmentation_loss(outp.mask_logits, outp.presence_logits, target, valid, presence, self.cfg.loss)
+        if "sep_target" in batch and self.cfg.loss.separation:
+            out["separation"] = separation_loss(outp.separation, batch["sep_target"].to(device),
+                                                batch["sep_valid"].to(device), target, valid)
+            out["loss"] = out["loss"] + self.cfg.loss.separation * out["separation"]
+        return out
 
     def final_model(self):
         return self.model

@@ -1,0 +1,170 @@
+"""Instance separation maps: training targets from instance label maps, and the decoders that turn a
+predicted mask plus its maps into instances.
+
+The separation head (:class:`pathsegmentor.modeling.mask_decoder.SeparationHead`) predicts three
+channels per instance-type prompt:
+
+* ``0, 1`` — **centre offsets** (HoVer-Net's horizontal / vertical maps): for every object pixel, its
+  x (resp. y) distance to the object's centre of mass, divided by the largest such distance in that
+  object, so values lie in [-1, 1] and jump sharply where two objects touch;
+* ``2`` — **border distance** (DIST-style): the Euclidean distance to the object's border divided by
+  the object's largest one, in [0, 1], highest at the centre, 0 on the background.
+
+Decoders (:func:`decode_instances`): ``"hv"`` seeds a watershed where the centre offsets change
+smoothly (object interiors) and cuts where they jump; ``"distance"`` seeds at the cores where the
+predicted border distance is high; ``"watershed"`` uses only the binary mask (distance transform
+h-maxima, :func:`~pathsegmentor.inference.instances.separate_instances`), the decoder of models
+without a separation head.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from .instances import drop_small, seed_unseeded, separate_instances
+
+CHANNELS = 3
+DECODERS = ("hv", "distance", "watershed")
+
+
+def separation_targets(instances: np.ndarray) -> np.ndarray:
+    """``int [H, W]`` instance ids (0 background) -> ``float32 [3, H, W]``: centre offsets x, y in
+    [-1, 1] and border distance in [0, 1] (0 on the background). A one-pixel object gets offsets 0 and
+    distance 1."""
+    from scipy import ndimage as ndi
+
+    inst = np.asarray(instances)
+    h, w = inst.shape
+    out = np.zeros((CHANNELS, h, w), np.float32)
+    if not inst.any():
+        return out
+    for i, sl in enumerate(ndi.find_objects(inst.astype(np.int32, copy=False)), start=1):
+        if sl is None:
+            continue
+        obj = inst[sl] == i
+        if not obj.any():
+            continue
+        ys, xs = np.nonzero(obj)
+        dx = xs - xs.mean()
+        dy = ys - ys.mean()
+        out[0][sl][obj] = dx / max(np.abs(dx).max(), 1e-6) if np.abs(dx).max() > 0 else 0.0
+        out[1][sl][obj] = dy / max(np.abs(dy).max(), 1e-6) if np.abs(dy).max() > 0 else 0.0
+        d = ndi.distance_transform_edt(np.pad(obj, 1))[1:-1, 1:-1]
+        out[2][sl][obj] = (d / d.max())[obj]
+    return out
+
+
+def activate(raw: np.ndarray) -> np.ndarray:
+    """Raw head outputs ``[..., 3, H, W]`` -> maps in their ranges (``tanh`` offsets, ``sigmoid`` distance)."""
+    out = np.empty_like(raw, dtype=np.float32)
+    out[..., :2, :, :] = np.tanh(raw[..., :2, :, :])
+    out[..., 2, :, :] = 1.0 / (1.0 + np.exp(-raw[..., 2, :, :]))
+    return out
+
+
+def instances_from_hv(mask: np.ndarray, offsets: np.ndarray, *, edge: float = 0.25, smooth: float = 1.0,
+                      min_area: int = 4) -> np.ndarray:
+    """Instances from a mask and predicted centre offsets (HoVer-Net style).
+
+    Args:
+        mask: ``bool [H, W]``.
+        offsets: ``float [2, H, W]`` in [-1, 1] (x then y).
+        edge: a pixel whose offsets fall by more than this per pixel (x along x, or y along y) lies on a
+            border between objects; interiors (markers) are mask pixels below it.
+        smooth: Gaussian sigma (px) applied to the offsets before differentiating.
+    Returns ``int32 [H, W]`` (0 background).
+    """
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return np.zeros(mask.shape, np.int32)
+    hx = ndi.gaussian_filter(offsets[0].astype(np.float32), smooth) if smooth else offsets[0]
+    vy = ndi.gaussian_filter(offsets[1].astype(np.float32), smooth) if smooth else offsets[1]
+    # inside an object the offsets rise by ~2/diameter per px; across a border between two objects they fall
+    fall = np.maximum(-np.gradient(hx, axis=1), -np.gradient(vy, axis=0))
+    energy = np.clip(fall / max(edge, 1e-6), 0.0, 1.0)
+    interior = mask & (energy < 1.0)
+    interior = ndi.binary_opening(interior, structure=np.ones((3, 3), bool))
+    markers, n = ndi.label(interior)
+    markers = drop_small(markers, 3)
+    score = (1.0 - energy) * mask
+    markers = seed_unseeded(markers, int(markers.max()), mask, score)
+    labels = watershed(-ndi.gaussian_filter(score, 1.0), markers, mask=mask).astype(np.int32)
+    return drop_small(labels, min_area)
+
+
+def instances_from_distance(mask: np.ndarray, distance: np.ndarray, *, core: float = 0.45,
+                            min_area: int = 4) -> np.ndarray:
+    """Instances from a mask and the predicted border distance ``float [H, W]`` in [0, 1]: markers are the
+    connected cores where the distance exceeds ``core``; a watershed on the negative distance grows them
+    inside the mask. Components without a core are kept as one object each. ``int32 [H, W]``."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return np.zeros(mask.shape, np.int32)
+    dist = np.where(mask, distance, 0.0).astype(np.float32)
+    markers, n = ndi.label(mask & (dist > core))
+    markers = drop_small(markers, 2)
+    markers = seed_unseeded(markers, int(markers.max()), mask, dist)
+    labels = watershed(-dist, markers, mask=mask).astype(np.int32)
+    return drop_small(labels, min_area)
+
+
+def decode_instances(mask: np.ndarray, maps: np.ndarray | None, method: str = "auto", *,
+                     min_area: int = 4) -> np.ndarray:
+    """One instance decoder for ``segment()``, whole slides and evaluation.
+
+    Args:
+        mask: ``bool [H, W]`` semantic mask of one instance-type prompt.
+        maps: ``float [3, H, W]`` activated separation maps (:func:`activate`), or None.
+        method: ``"auto"`` (``"hv"`` with maps, else ``"watershed"``), ``"hv"``, ``"distance"``, ``"watershed"``.
+    Returns ``int32 [H, W]`` instance ids, 0 background.
+    """
+    if method == "auto":
+        method = "hv" if maps is not None else "watershed"
+    if method not in DECODERS:
+        raise ValueError(f"Unknown instance decoder '{method}'. Available: {['auto', *DECODERS]}")
+    if method != "watershed" and maps is None:
+        raise ValueError(f"instance decoder '{method}' needs separation maps, and this model predicts none "
+                         "(mask_decoder.separation_channels is 0); use 'watershed' or 'auto'")
+    if method == "hv":
+        return instances_from_hv(mask, maps[:2], min_area=min_area)
+    if method == "distance":
+        return instances_from_distance(mask, maps[2], min_area=min_area)
+    return separate_instances(mask, min_area=min_area)
+
+
+INSTANCE_OBJECT_TYPES = ("nucleus", "cell", "gland")
+
+
+@lru_cache(maxsize=1)
+def _ontology():
+    from ..ontology import Ontology
+
+    return Ontology.load()
+
+
+def is_instance_concept(concept: str | None) -> bool:
+    """Whether an ontology concept is counted object by object (nuclei, cells, glands)."""
+    c = _ontology().categories.get(concept or "")
+    return c is not None and c.object_type in INSTANCE_OBJECT_TYPES
+
+
+def working_mpp(preprocess, concept: str | None) -> float:
+    """The µm/px a concept is segmented at: ``preprocess.structure_mpp[structure]``, else ``preprocess.mpp``."""
+    table = getattr(preprocess, "structure_mpp", None) or {}
+    c = _ontology().categories.get(concept or "")
+    return float(table.get(c.structure, preprocess.mpp)) if c is not None else float(preprocess.mpp)
+
+
+def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an ``int32 [h, w]`` label map to ``size = (H, W)``."""
+    h, w = labels.shape
+    ys = np.minimum((np.arange(size[0]) + 0.5) * h / size[0], h - 1).astype(np.intp)
+    xs = np.minimum((np.arange(size[1]) + 0.5) * w / size[1], w - 1).astype(np.intp)
+    return labels[ys[:, None], xs[None, :]].astype(np.int32)

@@ -1,0 +1,234 @@
+"""Instance separation: targets from instance maps, the decoders on hand-made cases, the separation head's
+shapes, ``res.instances`` from ``segment()``, and training samples with geometric prompts and certain
+negatives."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pathsegmentor.inference.instances import separate_instances
+from pathsegmentor.inference.separation import decode_instances, resize_labels, separation_targets
+
+YY, XX = np.mgrid[:64, :96]
+
+
+def _discs(*discs: tuple[int, int, int]) -> np.ndarray:
+    """Instance map of discs (cy, cx, r); a later disc does not overwrite an earlier one."""
+    inst = np.zeros((64, 96), np.int32)
+    for k, (cy, cx, r) in enumerate(discs, start=1):
+        d = (YY - cy) ** 2 + (XX - cx) ** 2 <= r * r
+        inst[d & (inst == 0)] = k
+    return inst
+
+
+def test_targets_ranges_and_centres():
+    inst = _discs((32, 30, 12), (32, 52, 12))
+    t = separation_targets(inst)
+    assert t.shape == (3, 64, 96) and t.dtype == np.float32
+    assert t[:, inst == 0].max() == 0  # background: all zero
+    for k in (1, 2):
+        obj = inst == k
+        assert -1 <= t[0][obj].min() and t[0][obj].max() <= 1 and np.abs(t[0][obj]).max() == pytest.approx(1)
+        assert abs(t[0][obj].mean()) < 0.05 and abs(t[1][obj].mean()) < 0.05  # offsets centred per object
+        assert t[2][obj].max() == pytest.approx(1) and t[2][obj].min() > 0
+    # where the two discs touch, the x offset jumps from +1 (left disc's right edge) to about -1
+    edge = int(np.nonzero(inst[32] == 2)[0].min())  # first column of the right disc on the centre row
+    assert t[0, 32, edge - 1] > 0.8 and t[0, 32, edge] < -0.6
+    one = np.zeros((5, 5), np.int32)
+    one[2, 2] = 1
+    assert separation_targets(one)[:, 2, 2].tolist() == [0.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize("method", ["hv", "distance", "watershed"])
+def test_touching_discs_split_and_elongated_object_stays_one(method):
+    inst = _discs((32, 30, 14), (32, 55, 14))
+    assert decode_instances(inst > 0, separation_targets(inst), method).max() == 2
+    bar = np.zeros((64, 96), np.int32)
+    bar[28:38, 5:90] = 1
+    assert decode_instances(bar > 0, separation_targets(bar), method).max() == 1
+
+
+def test_separation_maps_split_what_the_old_watershed_merged():
+    # a small nucleus pressed against a large one: one distance-transform peak, so the mask-only watershed merges
+    inst = _discs((32, 30, 14), (32, 46, 6))
+    mask = inst > 0
+    assert separate_instances(mask).max() == 1
+    maps = separation_targets(inst)
+    for method in ("hv", "distance"):
+        lab = decode_instances(mask, maps, method)
+        assert lab.max() == 2, method
+        # each predicted object is (mostly) one true object
+        for k in (1, 2):
+            ids, counts = np.unique(lab[inst == k], return_counts=True)
+            assert counts.max() / counts.sum() > 0.9, (method, k)
+
+
+def test_decoder_errors_name_the_fix():
+    mask = np.ones((8, 8), bool)
+    with pytest.raises(ValueError, match="Available"):
+        decode_instances(mask, None, "stardist")
+    with pytest.raises(ValueError, match="watershed"):
+        decode_instances(mask, None, "hv")
+    assert decode_instances(np.zeros((8, 8), bool), None).dtype == np.int32
+
+
+def test_resize_labels_nearest():
+    lab = np.array([[1, 2], [3, 0]], np.int32)
+    big = resize_labels(lab, (4, 4))
+    assert big.dtype == np.int32 and big.tolist() == [[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 0, 0], [3, 3, 0, 0]]
+
+
+@pytest.fixture(scope="module")
+def sep_model():
+    from pathsegmentor import create_model
+
+    torch.manual_seed(0)
+    return create_model("pathsegmentor-test", overrides={"mask_decoder.separation_channels": 3}).eval()
+
+
+def test_separation_head_shapes_and_ranges(sep_model):
+    window = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    emb = sep_model.encode_text(["nuclei", "gland"])
+    pred = sep_model.predict_window_maps(window, emb, None, None, None, separation=True)
+    assert pred.probs.shape == (2, 64, 80) and pred.separation.shape == (2, 3, 64, 80)
+    assert -1 <= pred.separation[:, :2].min() and pred.separation[:, :2].max() <= 1
+    assert 0 <= pred.separation[:, 2].min() and pred.separation[:, 2].max() <= 1
+    # rows asked for: the others are zeros and the asked-for ones equal a full decode
+    x = sep_model.normalize(torch.from_numpy(window).permute(2, 0, 1)[None].float())
+    x = torch.nn.functional.pad(x, (0, 0, 0, 0))
+    feats = sep_model.encode_image(x)
+    full = sep_model.decode(feats, x, text_embeddings=emb, separation=True).separation
+    part = sep_model.decode(feats, x, text_embeddings=emb, separation=torch.tensor([False, True])).separation
+    assert torch.all(part[0] == 0) and torch.allclose(part[1], full[1], atol=1e-5)
+
+
+def test_model_without_head_refuses_separation(test_model):
+    assert not test_model.has_separation
+    window = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(ValueError, match="separation head"):
+        test_model.predict_window_maps(window, test_model.encode_text(["nuclei"]), None, None, None, separation=True)
+
+
+@pytest.mark.parametrize("decoder", ["auto", "hv", "distance", "watershed"])
+def test_segment_returns_instances_for_instance_concepts(sep_model, decoder):
+    img = np.random.default_rng(1).integers(0, 255, (72, 90, 3), dtype=np.uint8)
+    res = sep_model.segment(img, ["nuclei", "tumor"], instances=decoder, presence_threshold=0.0,
+                            mask_threshold=0.3)
+    assert res.instances.shape == (2, 72, 90) and res.instances.dtype == np.int32
+    assert not res.instances[1].any()  # "tumor" is a region, not counted object by object
+    assert res.instance_counts[1] is None and res.instance_counts[0] == len(np.unique(res.instances[0][res.instances[0] > 0]))
+    assert not (res.instances[0] > 0)[~res.masks[0]].any() or decoder != "watershed"
+    s = res.summary()
+    assert s["prompts"][0]["instances"] == res.instance_counts[0] and "instances" not in s["prompts"][1]
+
+
+def test_segment_instances_none_and_bad_choice(sep_model):
+    img = np.zeros((40, 40, 3), np.uint8)
+    assert sep_model.segment(img, "nuclei", instances="none").instances is None
+    with pytest.raises(ValueError, match="instance decoder"):
+        sep_model.segment(img, "nuclei", instances="cellpose")
+
+
+def test_tta_flips_match_for_a_symmetric_input(sep_model):
+    img = np.full((64, 64, 3), 200, np.uint8)
+    img[24:40, 24:40] = (60, 30, 120)
+    plain = sep_model.segment(img, "nuclei", presence_threshold=0.0)
+    tta = sep_model.segment(img, "nuclei", presence_threshold=0.0, tta=True)
+    assert tta.probs.shape == plain.probs.shape
+    assert np.abs(tta.probs - plain.probs).max() < 0.5  # an average of flipped predictions, not something else
+
+
+@pytest.fixture(scope="module")
+def instance_corpus(tmp_path_factory) -> Path:
+    from data_builders import build
+    from data_builders.synthetic import write_folder_dataset
+
+    source = write_folder_dataset(tmp_path_factory.mktemp("inst_src"), n=6, size=96)
+    source["instances"] = "components"
+    out = tmp_path_factory.mktemp("inst_corpus") / "pathseg"
+    build({"folder": source}, out, val_fraction=0.2, tile=1024, seed=0, progress=False)
+    return out
+
+
+def _crops(corpus_dir: Path, **cfg):
+    from data_builders import load_pathseg
+    from pathsegmentor.training.data import DataConfig, PromptedCrops
+
+    corpus = load_pathseg(corpus_dir)
+    dc = DataConfig(corpus=str(corpus_dir), crop=64, **cfg)
+    return PromptedCrops(corpus, "train", dc, model_mpp=0.5, seed=0)
+
+
+def test_training_samples_geometric_prompts_and_separation_targets(instance_corpus):
+    ds = _crops(instance_corpus, prompts_per_image=4, geometric_per_image=2, separation=True,
+                negatives_per_image=0, scale_jitter=0.0)
+    kinds = set()
+    for pos in range(12):
+        it = ds[(pos, pos % len(ds))]
+        assert it["boxes"].shape == (4, 4) and it["points"].shape == (4, 2)
+        assert it["sep_target"].shape == (4, 3, 64, 64) and it["sep_valid"].dtype == torch.bool
+        for j, lab in enumerate(it["labels"]):
+            if lab.startswith("<"):
+                kinds.add(lab.split(">")[0][1:])
+                has_box = not torch.isnan(it["boxes"][j, 0])
+                has_point = not torch.isnan(it["points"][j, 0])
+                assert has_box != has_point and it["presence"][j] == 1 and it["target"][j].any()
+                assert (it["prompts"][j] == "") == (not lab.startswith("<text+box>"))
+                if has_box:  # the target lies inside the box
+                    x0, y0, x1, y1 = it["boxes"][j].tolist()
+                    ys, xs = np.nonzero(it["target"][j].numpy())
+                    assert xs.min() >= int(x0) - 1 and xs.max() <= x1 + 1 and ys.min() >= int(y0) - 1
+                assert not it["sep_valid"][j]
+            elif it["sep_valid"][j]:
+                obj = it["target"][j] > 0
+                assert it["sep_target"][j][2][obj].min() > 0 and it["sep_target"][j][:, ~obj].abs().max() == 0
+    assert kinds == {"box", "point", "text+box"}
+
+
+def test_training_samples_certain_negatives_and_blank_inputs(instance_corpus):
+    from pathsegmentor.training.prompt_sampling import negative_phrases
+
+    phrases = set(negative_phrases()["train"])
+    assert not phrases & set(negative_phrases()["heldout"])
+    ds = _crops(instance_corpus, prompts_per_image=4, ood_negatives_per_image=1, blank_prob=0.5)
+    seen_ood = blanks = 0
+    for pos in range(16):
+        it = ds[(pos, pos % len(ds))]
+        for j, p in enumerate(it["prompts"]):
+            if p in phrases:
+                seen_ood += 1
+                assert it["presence"][j] == 0 and not it["target"][j].any()
+        if float(it["presence"].sum()) == 0 and it["pixels"].float().std() < 20:
+            blanks += 1
+    assert seen_ood >= 12 and blanks >= 3
+
+
+def test_other_organ_concepts():
+    from pathsegmentor.ontology import Ontology
+    from pathsegmentor.training.prompt_sampling import other_organ_concepts
+
+    onto = Ontology.load()
+    colon = other_organ_concepts(onto, "colon")
+    assert "breast tumor nuclei" in colon and "colon tumor nuclei" not in colon and "nuclei" not in colon
+    assert other_organ_concepts(onto, "any") == []
+
+
+def test_forward_with_geometric_rows_and_separation(sep_model):
+    pixels = sep_model.normalize(torch.randint(0, 255, (2, 3, 64, 64)).float())
+    prompts = [["nuclei", "", ""], ["gland", "nuclei", ""]]
+    boxes = torch.full((2, 3, 4), float("nan"))
+    points = torch.full((2, 3, 2), float("nan"))
+    boxes[0, 1] = torch.tensor([4.0, 4.0, 30.0, 30.0])
+    points[0, 2] = torch.tensor([10.0, 12.0])
+    boxes[1, 1] = torch.tensor([0.0, 0.0, 40.0, 40.0])  # text + box
+    boxes[1, 2] = torch.tensor([8.0, 8.0, 20.0, 20.0])
+    rows = torch.tensor([[True, False, False], [False, True, False]])
+    out = sep_model(pixels, prompts, boxes=boxes, points=points, separation=rows)
+    assert out.mask_logits.shape == (2, 3, 64, 64) and out.separation.shape == (2, 3, 3, 64, 64)
+    assert torch.all(out.separation[0, 1:] == 0) and out.separation[0, 0].abs().sum() > 0
+    # the text-only row equals a plain text-only forward
+    plain = sep_model(pixels, [["nuclei"], ["gland"]])
+    assert torch.allclose(out.mask_logits[0, 0], plain.mask_logits[0, 0], atol=1e-4)
