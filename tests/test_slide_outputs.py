@@ -14,7 +14,7 @@ shapely = pytest.importorskip("shapely")
 
 from pathsegmentor.inference.tiling import tile_grid  # noqa: E402
 from pathsegmentor.slide import segment_slide  # noqa: E402
-from slide_helpers import DISKS, MPP0, SQUARES, DarkStub, tiff_levels  # noqa: E402
+from slide_helpers import DISKS, MPP0, SQUARES, DarkStub, slide_spec, tiff_levels  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -160,3 +160,57 @@ def test_slide_with_only_refused_prompts_is_an_error(slide, tmp_path, test_model
     with pytest.raises(SlideError, match="No prompt this model can answer.*stroma"):
         segment_slide(model, slide, ["stroma"], out=tmp_path / "o", progress=False)
     assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------ separated instances
+class _ColouredDisks:
+    """A SlideSpec-like renderer: disk k drawn in a dark colour whose red channel is 40 + 20 k."""
+
+    def __init__(self, spec, disks):
+        self.spec, self.disks = spec, disks
+
+    def render(self, y0, x0, h, w, downsample):
+        out = self.spec.render(y0, x0, h, w, downsample)
+        Y = ((np.arange(y0, y0 + h) + 0.5) * downsample)[:, None]
+        X = ((np.arange(x0, x0 + w) + 0.5) * downsample)[None, :]
+        painted = np.zeros((h, w), bool)
+        for k, (cx, cy, r) in enumerate(self.disks):
+            m = ((Y - cy) ** 2 + (X - cx) ** 2 <= r * r) & ~painted
+            out[m] = (40 + 20 * k, 20, 100)
+            painted |= m
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.spec, name)
+
+
+class SeparationStub(DarkStub):
+    """DarkStub with a separation head: ideal maps from the colour-coded disks (instance id from red)."""
+
+    has_separation = True
+
+    def predict_window_maps(self, window, text_emb, points, boxes, hires, separation=False):
+        from types import SimpleNamespace
+
+        from pathsegmentor.inference.separation import separation_targets
+
+        probs, pres = self.predict_window(window, text_emb, points, boxes, hires)
+        inst = np.where(probs[0] > 0.5, (window[..., 0].astype(np.int32) - 30) // 20 + 1, 0).astype(np.int32)
+        maps = np.repeat(separation_targets(inst)[None], len(probs), 0)
+        return SimpleNamespace(probs=probs, presence=pres, separation=maps)
+
+
+def test_slide_instances_from_separation_maps_split_touching_nuclei(tmp_path):
+    from pathsegmentor.slide.synthetic import write_slide
+
+    # a small nucleus pressed against a large one (level-0 px at 0.25 µm/px; working grid at 0.5)
+    disks = [(600.0, 600.0, 56.0), (664.0, 600.0, 24.0)]
+    spec = slide_spec(disks=[], squares=[])
+    path = write_slide(tmp_path / "touching.tif", _ColouredDisks(spec, disks))
+    counts = {}
+    for name, model in (("watershed", DarkStub()), ("separation", SeparationStub())):
+        res = segment_slide(model, path, ["nuclei"], out=tmp_path / name, geojson=True, vocabulary="open",
+                            progress=False)
+        fc = json.loads(res.geojson.read_text())
+        counts[name] = sum(f["properties"]["objectType"] == "detection" for f in fc["features"])
+    assert counts == {"watershed": 1, "separation": 2}

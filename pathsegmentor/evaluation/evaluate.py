@@ -4,8 +4,12 @@
 
 For every image, all of its annotated categories and its true negatives are prompted in one call
 (one image encoding). Reported: Dice, IoU, pixel accuracy, precision, recall (pooled over pixels and
-mean per image), presence accuracy on negatives, and AJI / PQ for nucleus categories with instance
-ground truth (predicted instances from :func:`~pathsegmentor.inference.instances.separate_instances`).
+mean per image), presence accuracy on negatives, and AJI / PQ (DQ: object-level F1 at IoU 0.5) for
+instance categories (nuclei, cells, glands) with instance ground truth; predicted instances come from
+the model's own instance decoder (``segment(..., instances=...)``: the separation maps of a model that
+predicts them, else a watershed of the mask), the one ``segment()`` and whole slides use. Prompts are
+the corpus' canonical category names, sent to the model as they are (``vocabulary="open"``), so
+negatives test the presence head, not the prompt policy.
 ``--cross-prompts`` also scores chosen prompts against every ground-truth category of each image
 (prompt discrimination and synonym checks). Runs distributed under Accelerate (images split across
 processes, rows gathered with ``gather_for_metrics``, padded duplicates dropped).
@@ -25,23 +29,28 @@ import numpy as np
 from ..training.collectives import all_gather_objects
 from .metrics import Counts, aggregated_jaccard_index, confusion, panoptic_quality, scores
 
-NUCLEUS_WORDS = ("nucle", "cell", "lymphocyte", "neutrophil", "macrophage", "eosinophil", "plasma")
+INSTANCE_WORDS = ("nucle", "cell", "lymphocyte", "neutrophil", "macrophage", "eosinophil", "plasma", "gland")
 
 
-def _is_nucleus_category(label: str) -> bool:
-    return any(w in label.lower() for w in NUCLEUS_WORDS)
+def _is_instance_category(label: str) -> bool:
+    return any(w in label.lower() for w in INSTANCE_WORDS)
 
 
 def evaluate_image(model, sample: dict[str, Any], *, cross_prompts: Sequence[str] = (),
-                   instance_metrics: bool = True) -> list[dict[str, Any]]:
-    """Rows of raw counts for one corpus sample (see :func:`evaluate`)."""
+                   instance_metrics: bool = True, instances: str = "auto", tta: bool = False,
+                   mpp_scale: float = 1.0) -> list[dict[str, Any]]:
+    """Rows of raw counts for one corpus sample (see :func:`evaluate`). ``instances``: the instance decoder
+    (``segment()``'s choices); ``tta``: flip test-time augmentation; ``mpp_scale``: multiply the working
+    µm/px (ablation: 2.0 runs nuclei at 0.5 instead of 0.25) by passing a scaled ``mpp`` to ``segment``."""
     labels = sorted(sample["targets"])
     negatives = [n for n in sample.get("negatives", []) if n not in sample["targets"]]
     extra = [p for p in cross_prompts if p not in labels and p not in negatives]
     prompts = labels + negatives + extra
     if not prompts:
         return []
-    res = model.segment(sample["image"], prompts, mpp=sample.get("mpp"))
+    mpp = sample.get("mpp")
+    res = model.segment(sample["image"], prompts, mpp=None if mpp is None else mpp / mpp_scale, vocabulary="open",
+                        instances=instances if instance_metrics else "none", tta=tta)
     rows: list[dict[str, Any]] = []
     base = {"image_id": sample.get("image_id", ""), "source": sample.get("source", "")}
     for k, lb in enumerate(prompts):
@@ -53,10 +62,12 @@ def evaluate_image(model, sample: dict[str, Any], *, cross_prompts: Sequence[str
             row = {**base, "kind": "positive", "prompt": lb, "label": lb, "presence": float(res.presence[k]),
                    "tp": c.tp, "fp": c.fp, "fn": c.fn, "tn": c.tn}
             inst = (sample.get("instances") or {}).get(lb)
-            if instance_metrics and inst is not None and _is_nucleus_category(lb):
-                from ..inference.instances import separate_instances
+            if instance_metrics and inst is not None and _is_instance_category(lb):
+                pinst = res.instances[k] if res.instances is not None and res.instances[k].any() else None
+                if pinst is None:  # not an instance concept for the model's decoder: one decoder for all
+                    from ..inference.separation import decode_instances
 
-                pinst = separate_instances(pred)
+                    pinst = decode_instances(pred, None, "watershed")
                 row["aji"] = aggregated_jaccard_index(np.asarray(inst), pinst)
                 row.update(panoptic_quality(np.asarray(inst), pinst))
             rows.append(row)
@@ -156,11 +167,12 @@ def _plot(tables, path: Path) -> None:
 
 def evaluate(model, corpus, split: str, *, out_dir: str | Path | None = None, sources: Sequence[str] = (),
              cross_prompts: Sequence[str] = (), limit: int = 0, accelerator=None,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, **image_options) -> dict[str, Any]:
     """Evaluate ``model`` on ``corpus`` (from ``data_builders.load_pathseg``) split ``split``.
 
     Returns ``{"rows": [...], "tables": {...}}`` and, with ``out_dir``, writes ``rows.csv``,
-    ``metrics.json``, ``metrics.md`` and ``dice_by_category.png`` there.
+    ``metrics.json``, ``metrics.md`` and ``dice_by_category.png`` there. ``image_options``: ``instances``,
+    ``tta``, ``mpp_scale`` of :func:`evaluate_image`.
     """
     from tqdm.auto import tqdm
 
@@ -177,14 +189,15 @@ def evaluate(model, corpus, split: str, *, out_dir: str | Path | None = None, so
     if accelerator is not None and accelerator.num_processes > 1:
         # rank r takes images r, r + world, ...: every image once, rows merged back in corpus order
         mine = idx[accelerator.process_index::accelerator.num_processes]
-        local = [(i, evaluate_image(model, corpus.sample(split, i), cross_prompts=cross_prompts))
+        local = [(i, evaluate_image(model, corpus.sample(split, i), cross_prompts=cross_prompts,
+                                         **image_options))
                  for i in tqdm(mine, desc=f"evaluate {split}", disable=not (progress and accelerator.is_main_process))]
         gathered = sorted((pair for part in all_gather_objects(local, accelerator.device) for pair in part),
                           key=lambda pair: pair[0])
         rows = [r for _, per_image in gathered for r in per_image]
     else:
         for i in tqdm(idx, desc=f"evaluate {split}", disable=not progress):
-            rows.extend(evaluate_image(model, corpus.sample(split, i), cross_prompts=cross_prompts))
+            rows.extend(evaluate_image(model, corpus.sample(split, i), cross_prompts=cross_prompts, **image_options))
     thr = model.config.inference.presence_threshold
     tables = summarize(rows, thr)
     result = {"model": model.name, "split": split, "images": len(idx), "rows": rows, "tables": tables}
@@ -227,6 +240,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cross-prompt", action="append", default=[], help="also score this prompt against every "
                         "ground-truth category (repeatable)")
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N images")
+    parser.add_argument("--instances", default="auto", choices=["auto", "hv", "distance", "watershed"],
+                        help="instance decoder for AJI/PQ (default: the model's own)")
+    parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    parser.add_argument("--mpp-scale", type=float, default=1.0,
+                        help="ablation: run at this multiple of the working µm/px (2.0: nuclei at 0.5 instead of 0.25)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -257,7 +275,8 @@ def run(args: argparse.Namespace) -> int:
     model.to(accelerator.device)
     out = Path(args.out) if args.out else Path(f"{Path(str(args.model)).name}-eval-{args.split}")
     result = evaluate(model, corpus, args.split, out_dir=out, sources=args.source, cross_prompts=args.cross_prompt,
-                      limit=args.limit, accelerator=accelerator)
+                      limit=args.limit, accelerator=accelerator, instances=args.instances, tta=args.tta,
+                      mpp_scale=args.mpp_scale)
     if accelerator.is_main_process:
         print(_markdown({k: result["tables"][k] for k in ("by_category", "by_source", "overall", "negatives")}))
         print(f"report written to {out}")

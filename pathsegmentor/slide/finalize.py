@@ -57,13 +57,21 @@ def _geojson_resolution(state: dict[str, Any], index: int) -> dict[str, Any] | N
             "relation": r["relation"], "similarity": r["similarity"]}
 
 
+def _maps_from_planes(chans: tuple[np.ndarray, ...], dtype: str) -> np.ndarray:
+    """Three stored planes (offsets as ``(x + 1) / 2``) -> ``float16 [rows, W, 3]`` maps in their ranges."""
+    scale = 255.0 if dtype == "uint8" else 1.0
+    m = np.stack([c.astype(np.float32) / scale for c in chans], axis=-1)
+    m[..., :2] = m[..., :2] * 2.0 - 1.0
+    return m.astype(np.float16)
+
+
 def _finish(model, reader, grid: WorkGrid, plan: BandPlan, store: PartStore, prompts: list[str], out: Path,
             partial: Path, tmap: TissueMap, thumb: np.ndarray, tmask: np.ndarray, *, dtype: str, mthr: float,
-            geojson: bool, instances: bool | None, state: dict[str, Any]) -> SlideResult:
+            geojson: bool, inst_flags: list[bool], sep_rows: list[int], state: dict[str, Any]) -> SlideResult:
     from PIL import Image
 
     from .geojson import GeoJSONWriter, prompt_color
-    from .instances import Geometry, InstanceAnalyzer, ObjectTable, RegionTracer, is_instance_prompt
+    from .instances import Geometry, InstanceAnalyzer, ObjectTable, RegionTracer
     from .summary import PromptStats, slide_summary
     from .writer import write_pyramid
 
@@ -72,7 +80,6 @@ def _finish(model, reader, grid: WorkGrid, plan: BandPlan, store: PartStore, pro
         shutil.rmtree(final)
     final.mkdir(parents=True)
     slugs = _slugs(prompts)
-    inst_flags = [is_instance_prompt(p) if instances is None else bool(instances) for p in prompts]
     geo = Geometry(grid.sx0, grid.sy0, grid.mpp_x, grid.mpp_y)
     stem = re.sub(r"\.(ome\.)?(tiff?|svs|ndpi|scn|mrxs|bif|vms|vmu|svslide)$", "", reader.path.name, flags=re.I)
     gj = GeoJSONWriter(final / f"{_slug(stem)}.geojson") if geojson else None
@@ -130,8 +137,16 @@ def _finish(model, reader, grid: WorkGrid, plan: BandPlan, store: PartStore, pro
                 if first:
                     tissue_px[0] += int(tis.sum())
                 if analyzer is not None:
-                    analyzer.push(r0, mask)
+                    if map_strips is not None:
+                        analyzer.push(r0, mask, next(map_strips))
+                    else:
+                        analyzer.push(r0, mask)
 
+            map_strips = None
+            if inst_flags[p] and p in sep_rows:  # the separation maps, strip by strip beside the mask
+                k = len(prompts) + 3 * sep_rows.index(p)
+                planes = [(s for _, s in rechunk(merge_rows(plan, store.load, k + c, dtype), 256)) for c in range(3)]
+                map_strips = (_maps_from_planes(chans, dtype) for chans in zip(*planes))
             strips = (s for _, s in rechunk(merge_rows(plan, store.load, p, dtype), 256))
             desc = json.dumps({"pathsegmentor": {"prompt": prompt, "dtype": dtype, "model": model.name,
                                                  "slide": reader.path.name, "level": grid.level.index,

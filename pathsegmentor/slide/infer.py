@@ -30,6 +30,7 @@ from .bands import BandPlan, PartStore
 from .finalize import SlideResult, _finish
 from .grid import WorkGrid
 from .mpp_auto import estimate_slide_mpp
+from .instances import is_instance_prompt
 from .predict import predict_band
 from .processes import _Processes, bands_for_rank
 from .reader import SlideError, choose_level, open_slide, require_mpp
@@ -99,7 +100,12 @@ def segment_slide(model, path: str | Path, prompts: str | Sequence[str], out: st
         raise SlideError(f"dtype={dtype!r}; use 'uint8' or 'float32'.")
     out = Path(out)
     cfg = model.config
-    model_mpp = float(cfg.preprocess.mpp)
+    # the prompts' working resolution (preprocess.structure_mpp: nuclei may run finer than glands); a mixed set
+    # runs at the finest of them, said so in the summary
+    from ..inference.separation import is_instance_concept, working_mpp
+
+    group_mpps = sorted({working_mpp(cfg.preprocess, r.answered_as) for r in resolutions})
+    model_mpp = float(group_mpps[0])
     tile = int(tile or cfg.preprocess.input_size)
     overlap = int(cfg.inference.tile_overlap if overlap is None else overlap)
     if tile > cfg.preprocess.input_size or tile < 16:
@@ -125,6 +131,9 @@ def segment_slide(model, path: str | Path, prompts: str | Sequence[str], out: st
                  "tissue": bool(tissue), "rows_per_band": rows_per_band, "bands": len(plan), "hires": hires,
                  "prompt_resolution": [r.to_dict() for r in resolutions],
                  "refused_prompts": [r.to_dict() for r in refused], "backend": reader.backend,
+                 "work_mpp_note": ("" if len(group_mpps) == 1 else
+                                   f"prompts of working resolutions {group_mpps} µm/px run together at the finest, "
+                                   f"{model_mpp}; run them separately for each one's own resolution"),
                  **({"mpp_estimate": estimate} if estimate is not None else {})}
         mode = _check_out(out, state, resume)  # every rank checks (read-only) so all fail alike
         procs.barrier()
@@ -144,6 +153,10 @@ def segment_slide(model, path: str | Path, prompts: str | Sequence[str], out: st
         store = PartStore(partial / "parts", width=grid.width)
         mine = [b for b in bands_for_rank(len(plan), procs.rank, procs.world) if not store.done(b)]
         text_emb = model.encode_text([r.answered_as for r in resolutions])
+        # instance prompts of a model with a separation head: their separation maps travel as extra planes
+        inst_flags = [(is_instance_concept(r.answered_as) or is_instance_prompt(r.prompt)) if instances is None
+                      else bool(instances) for r in resolutions]
+        sep_rows = [i for i, f in enumerate(inst_flags) if f] if getattr(model, "has_separation", False) else []
         n_tiles = len(mine) * len(plan.xs) * rows_per_band
         from tqdm.auto import tqdm
 
@@ -157,7 +170,7 @@ def segment_slide(model, path: str | Path, prompts: str | Sequence[str], out: st
             for b in mine:
                 band = plan.bands[b]
                 arrays, n_pred, n_skip = predict_band(model, grid, plan, band, text_emb, tmap if tissue else None,
-                                                      dtype, hires, bar)
+                                                      dtype, hires, bar, sep_rows=sep_rows)
                 store.save(b, arrays)
                 predicted, skipped = predicted + n_pred, skipped + n_skip
                 done_here.append(b)
@@ -177,7 +190,8 @@ def segment_slide(model, path: str | Path, prompts: str | Sequence[str], out: st
                              f"rerun with --resume.")
         with torch.no_grad():
             result = _finish(model, reader, grid, plan, store, prompts, out, partial, tmap, thumb, tmask,
-                             dtype=dtype, mthr=mthr, geojson=geojson, instances=instances, state=state)
+                             dtype=dtype, mthr=mthr, geojson=geojson, inst_flags=inst_flags, sep_rows=sep_rows,
+                             state=state)
         result.extra.update(tiles_predicted=predicted, tiles_skipped=skipped, infer_seconds=infer_s)
         return result
 

@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from ..inference.instances import separate_instances as split_instances
+from ..inference.separation import decode_instances
 
 COLUMNS = ["object_id", "prompt", "centroid_x", "centroid_y", "area_um2", "perimeter_um", "eccentricity",
            "solidity", "mean_hematoxylin", "mean_eosin"]
@@ -92,8 +93,13 @@ class InstanceAnalyzer:
         self.count = 0
         self._look = Lookahead(margin, self._process)
 
-    def push(self, r0: int, mask: np.ndarray) -> None:
-        self._look.push(r0, mask)
+    def push(self, r0: int, mask: np.ndarray, maps: np.ndarray | None = None) -> None:
+        """A strip of the mask ``bool [n, W]`` and, from a model with a separation head, its separation maps
+        ``[n, W, 3]`` (centre offsets x, y in [-1, 1], border distance in [0, 1])."""
+        if maps is not None:
+            self._look.push(r0, np.concatenate([mask[..., None].astype(maps.dtype), maps], axis=-1))
+        else:
+            self._look.push(r0, mask)
 
     def finish(self) -> None:
         self._look.finish()
@@ -101,23 +107,30 @@ class InstanceAnalyzer:
     def _process(self, core0: int, core1: int, rows) -> None:
         m = self._look.margin
         w0, window = rows(core0 - m, core1 + m)
-        if window.size == 0 or not window.any():
+        if window.size == 0:
+            return
+        occupied = window[..., 0] > 0.5 if window.ndim == 3 else window
+        if not occupied.any():
             return
         # column blocks with the same margin and centroid rule, so memory follows the block, not the slide width
-        cols = np.flatnonzero(window.any(axis=0))
+        cols = np.flatnonzero(occupied.any(axis=0))
         width = window.shape[1]
         for b0 in range(int(cols[0]) // self.block * self.block, int(cols[-1]) + 1, self.block):
             b1 = min(width, b0 + self.block)
             x0, x1 = max(0, b0 - m), min(width, b1 + m)
             sub = window[:, x0:x1]
-            if sub.any():
+            if occupied[:, x0:x1].any():
                 self._block(core0, core1, w0, x0, b0, b1, sub)
 
     def _block(self, core0: int, core1: int, w0: int, x0: int, b0: int, b1: int, window: np.ndarray) -> None:
         from skimage.color import rgb2hed
         from skimage.measure import regionprops
 
-        labels = split_instances(window, h=self.h, min_area=self.min_area)
+        if window.ndim == 3:  # mask + separation maps: the decoder segment() uses
+            labels = decode_instances(window[..., 0] > 0.5, np.moveaxis(window[..., 1:], -1, 0).astype(np.float32),
+                                      "hv", min_area=self.min_area)
+        else:
+            labels = split_instances(window, h=self.h, min_area=self.min_area)
         kept = []
         for prop in regionprops(labels):
             cy = prop.centroid[0] + 0.5 + w0  # corner coordinates of the centroid

@@ -11,9 +11,14 @@ from .tissue import TissueMap
 
 
 def predict_band(model, grid: WorkGrid, plan: BandPlan, band, text_emb, tissue: TissueMap | None, dtype: str,
-                 hires, bar=None) -> tuple[dict[str, np.ndarray], int, int]:
-    """Predict the tiles of one band and blend them into its part arrays (see ``bands.band_arrays``)."""
-    P = int(text_emb.shape[0])
+                 hires, bar=None, sep_rows: list[int] | None = None) -> tuple[dict[str, np.ndarray], int, int]:
+    """Predict the tiles of one band and blend them into its part arrays (see ``bands.band_arrays``).
+
+    ``sep_rows``: prompts whose separation maps are kept too, as planes ``P + 3k + c`` (k-th such prompt,
+    channel c), offsets stored as ``(x + 1) / 2`` so every plane lies in [0, 1] like a probability."""
+    sep_rows = list(sep_rows or [])
+    P = int(text_emb.shape[0]) + 3 * len(sep_rows)
+    n_text = int(text_emb.shape[0])
     H, W = plan.height, plan.width
     tiles = plan.tiles(band)
     todo = [t for t in tiles if tissue is None or tissue.tile_has_tissue(t.y0, t.x0, t.y1, t.x1)]
@@ -23,12 +28,20 @@ def predict_band(model, grid: WorkGrid, plan: BandPlan, band, text_emb, tissue: 
     x1 = max((t.x1 for t in todo), default=0)
     sums = np.zeros((P, band.hi - band.lo, x1 - x0), np.float32)
     weight = np.zeros((band.hi - band.lo, x1 - x0), np.float32)
-    presence = np.zeros(P, np.float32)
+    presence = np.zeros(n_text, np.float32)
     n_pred = 0
     if bar is not None and n_skip:
         bar.update(n_skip)
     for t in todo:
-        probs, pres = model.predict_window(grid.read(t.y0, t.y1, t.x0, t.x1), text_emb, None, None, hires)
+        window = grid.read(t.y0, t.y1, t.x0, t.x1)
+        if sep_rows:
+            pred = model.predict_window_maps(window, text_emb, None, None, hires, separation=True)
+            maps = pred.separation[sep_rows].copy()
+            maps[:, :2] = (maps[:, :2] + 1.0) / 2.0
+            probs = np.concatenate([pred.probs, maps.reshape(-1, *maps.shape[-2:])])
+            pres = pred.presence
+        else:
+            probs, pres = model.predict_window(window, text_emb, None, None, hires)
         w = blend_weights(t, H, W, plan.overlap)
         sums[:, t.y0 - band.lo:t.y1 - band.lo, t.x0 - x0:t.x1 - x0] += probs * w
         weight[t.y0 - band.lo:t.y1 - band.lo, t.x0 - x0:t.x1 - x0] += w
