@@ -171,12 +171,12 @@ def test_bad_input_values(real_image, test_model_dir, tmp_path, capsys):
 
 
 def test_failure_midway_leaves_nothing(real_image, test_model_dir, tmp_path, capsys):
-    # the second image is larger than the model's window: a box prompt cannot be tiled -> error after the
-    # first image's outputs were staged; none may reach --out
+    # the second image is larger than the model's window and the box spans more than one window -> error after
+    # the first image's outputs were staged; none may reach --out
     big = tmp_path / "big.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)).save(big)
-    _bad(["segment", str(real_image), str(big), "-p", "nuclei", "--box", "0", "0", "50", "50", "--mpp", "0.25",
-          "--model", str(test_model_dir)], capsys, tmp_path, 2, ["big.png"])
+    _bad(["segment", str(real_image), str(big), "-p", "nuclei", "--box", "0", "0", "290", "290", "--mpp", "0.25",
+          "--model", str(test_model_dir)], capsys, tmp_path, 2, ["big.png", "do not fit"])
 
 
 def test_list_models_and_info(test_model_dir, capsys):

@@ -139,3 +139,19 @@ def test_truncated_tiff_is_reported_as_such(tmp_path):
         with pytest.raises(ImageReadError, match="corrupt or truncated") as info:
             read_image(bad)
         assert str(bad) in str(info.value) and "shape (0,)" not in str(info.value)
+
+
+def test_segment_mpp_auto_reports_the_estimate_and_refuses_without_nuclei(test_model):
+    from PIL import Image
+
+    from pathsegmentor.resources import SAMPLES_DIR
+
+    rgb = np.asarray(Image.open(SAMPLES_DIR / "monuseg_TCGA-18-5592-01Z-00-DX1.png").convert("RGB"))
+    res = test_model.segment(rgb, "nuclei", mpp="auto")
+    est = res.mpp_estimate
+    assert est is not None and res.mpp == pytest.approx(est["mpp"], rel=1e-3) and est["low"] <= est["mpp"] <= est["high"] and est["nuclei"] > 0
+    assert any("mpp estimated" in w for w in res.warnings) and res.summary()["mpp_estimate"] == est
+    with pytest.raises(ValueError, match="mpp"):
+        test_model.segment(np.full((256, 256, 3), 240, np.uint8), "nuclei", mpp="auto")
+    with pytest.raises(ValueError, match="'auto'"):
+        test_model.segment(rgb, "nuclei", mpp="fast")

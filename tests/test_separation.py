@@ -232,3 +232,33 @@ def test_forward_with_geometric_rows_and_separation(sep_model):
     # the text-only row equals a plain text-only forward
     plain = sep_model(pixels, [["nuclei"], ["gland"]])
     assert torch.allclose(out.mask_logits[0, 0], plain.mask_logits[0, 0], atol=1e-4)
+
+
+def test_box_on_an_image_larger_than_a_window_crops_a_window_around_it(test_model):
+    size = test_model.config.preprocess.input_size
+    img = np.random.default_rng(0).integers(0, 255, (size * 5 + 60, size * 7, 3), dtype=np.uint8)
+    box = np.array([size * 6, size * 4, size * 6 + 40, size * 4 + 30])
+    res = test_model.segment(img, boxes=box)
+    assert res.masks.shape == (1, *img.shape[:2])
+    ys, xs = np.nonzero(res.probs[0] > 0)
+    # everything predicted lies in one window that holds the box
+    assert xs.max() - xs.min() < size and ys.max() - ys.min() < size
+    assert xs.min() <= box[0] and xs.max() >= box[2] - 1 and ys.min() <= box[1] and ys.max() >= box[3] - 1
+    far = np.array([[0, 0, 10, 10], [img.shape[1] - 10, img.shape[0] - 10, img.shape[1], img.shape[0]]])
+    with pytest.raises(ValueError, match="do not fit in one"):
+        test_model.segment(img, boxes=far)
+
+
+def test_separation_loss_without_instance_rows_is_zero():
+    from pathsegmentor.training.losses import separation_loss
+
+    t = torch.zeros(2, 3, 3, 8, 8)
+    rows = torch.zeros(2, 3, dtype=torch.bool)
+    assert float(separation_loss(None, t, rows, torch.zeros(2, 3, 8, 8), torch.ones(2, 3, 8, 8, dtype=torch.bool))) == 0
+    raw = torch.zeros(2, 3, 3, 8, 8, requires_grad=True)
+    rows[0, 1] = True
+    objects = torch.zeros(2, 3, 8, 8)
+    objects[0, 1, 2:6, 2:6] = 1
+    loss = separation_loss(raw, t, rows, objects, torch.ones(2, 3, 8, 8, dtype=torch.bool))
+    loss.backward()
+    assert float(loss) > 0 and raw.grad[0, 1].abs().sum() > 0 and raw.grad[1].abs().sum() == 0

@@ -14,6 +14,12 @@ from .loading import DEFAULT_MODEL
 from .segment import cmd_segment
 
 
+def _mpp_or_auto(text: str) -> float | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    return _float_range(0.0, 100.0, "--mpp")(text)
+
+
 def _float_range(lo: float | None = None, hi: float | None = None, name: str = "value") -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
@@ -47,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="output directory (created)")
     p.add_argument("--model", "-m", default=DEFAULT_MODEL, metavar="NAME_OR_DIR",
                    help=f"registered model name, model directory or hub id (default: {DEFAULT_MODEL})")
-    p.add_argument("--mpp", type=_float_range(0.0, 100.0, "--mpp"), default=None,
-                   help="microns per pixel of the images (e.g. 0.25 at 40x); rescaled to the model's mpp")
+    p.add_argument("--mpp", type=_mpp_or_auto, default=None,
+                   help="microns per pixel of the images (e.g. 0.25 at 40x), or 'auto' to estimate it from each "
+                        "image (reported); images are rescaled to each prompt's working mpp")
     p.add_argument("--mask-threshold", type=_float_range(0.0, 1.0, "--mask-threshold"), default=None,
                    help="probability above which a pixel is in the mask (default: the model's)")
     p.add_argument("--presence-threshold", type=float, default=None,

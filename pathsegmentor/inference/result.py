@@ -22,6 +22,8 @@ class SegmentationResult:
         model: the model's name.
         resolutions: N :class:`~pathsegmentor.inference.prompts.PromptResolution` (concept, answered-as,
             relation, similarity, reason) in prompt order.
+        mpp_estimate: with ``mpp="auto"``, the estimate (``mpp``, ``low``, ``high``, ``nuclei``, ``method``);
+            ``mpp`` then holds the estimated value.
         instances: ``int32 [N, H, W]`` instance label maps (0 background, ids 1..K per prompt) for prompts of
             instance concepts (nuclei, cells, glands); all-zero rows for other prompts; None when no prompt
             is an instance concept (or ``instances="none"``).
@@ -37,6 +39,7 @@ class SegmentationResult:
     thresholds: dict[str, float] = field(default_factory=dict)
     resolutions: list[PromptResolution] = field(default_factory=list)
     instances: np.ndarray | None = None
+    mpp_estimate: dict | None = None
 
     @property
     def instance_counts(self) -> list[int | None]:
@@ -59,9 +62,14 @@ class SegmentationResult:
 
     @property
     def warnings(self) -> list[str]:
-        """One line per prompt that was substituted (answered by a relative) or refused."""
-        return [f"prompt '{r.prompt}': {r.reason}" for r in self.resolutions
-                if not r.answered or r.substituted]
+        """One line per prompt that was substituted (answered by a relative) or refused, and one for an
+        estimated pixel size."""
+        lines = [f"prompt '{r.prompt}': {r.reason}" for r in self.resolutions if not r.answered or r.substituted]
+        if self.mpp_estimate:
+            e = self.mpp_estimate
+            lines.append(f"mpp estimated from the image: {e['mpp']:.3g} µm/px (range {e['low']:.3g}-{e['high']:.3g}, "
+                         f"{e['nuclei']} nuclei, {e['method']}); pass mpp=X if the pixel size is known")
+        return lines
 
     @property
     def mask(self) -> np.ndarray:
@@ -81,6 +89,7 @@ class SegmentationResult:
             "model": self.model,
             "image_size": {"height": int(h), "width": int(w)},
             "mpp": self.mpp,
+            **({"mpp_estimate": self.mpp_estimate} if self.mpp_estimate else {}),
             "thresholds": self.thresholds,
             "prompts": [
                 {"prompt": p, "presence": round(float(s), 6), "present": bool(m.any()),

@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @torch.no_grad()
 def segment_image(model: "PathSegmentor", image: ImageInput, prompts: str | Sequence[str] | None = None, *,
-                  mpp: float | None = None, points: np.ndarray | None = None, point_labels: np.ndarray | None = None,
+                  mpp: float | str | None = None, points: np.ndarray | None = None, point_labels: np.ndarray | None = None,
                   boxes: np.ndarray | None = None, mask_threshold: float | None = None,
                   presence_threshold: float | None = None, hires: bool | None = None,
                   tile_overlap: int | None = None, progress: bool = False,
@@ -46,8 +46,15 @@ def segment_image(model: "PathSegmentor", image: ImageInput, prompts: str | Sequ
             raise ValueError(f"Empty prompt {p!r}: every prompt must be a non-empty phrase such as 'tumor nuclei'.")
     if not prompts and points is None and boxes is None:
         raise ValueError("No prompt given: pass at least one text prompt (e.g. 'nuclei'), or points/boxes.")
-    if mpp is not None and not (isinstance(mpp, (int, float)) and 0 < mpp < 100):
-        raise ValueError(f"mpp={mpp!r} is not a valid microns-per-pixel value (expected e.g. 0.25 for 40x, 0.5 for 20x)")
+    estimate = None
+    if isinstance(mpp, str) and mpp == "auto":  # estimated from the image, reported, never silent
+        from .mpp_estimate import estimate_mpp
+
+        estimate = estimate_mpp(rgb)
+        mpp = estimate.mpp
+    if mpp is not None and (isinstance(mpp, (str, bool)) or not (isinstance(mpp, (int, float)) and 0 < mpp < 100)):
+        raise ValueError(f"mpp={mpp!r} is not a valid microns-per-pixel value (expected e.g. 0.25 for 40x, 0.5 for "
+                         f"20x, or 'auto' to estimate it from the image)")
     if instances not in INSTANCE_CHOICES:
         raise ValueError(f"instances={instances!r} is not an instance decoder. Available: {list(INSTANCE_CHOICES)} "
                          "('none' skips instance decoding)")
@@ -112,7 +119,7 @@ def segment_image(model: "PathSegmentor", image: ImageInput, prompts: str | Sequ
     return SegmentationResult(prompts=names, masks=masks, probs=probs, presence=presence.astype(np.float32),
                               image_size=(H, W), mpp=mpp, model=model.name,
                               thresholds={"mask": mthr, "presence": pthr}, resolutions=resolutions,
-                              instances=inst_maps)
+                              instances=inst_maps, mpp_estimate=estimate.to_dict() if estimate is not None else None)
 
 
 def _geometric_inputs(points, point_labels, boxes):
@@ -153,9 +160,7 @@ def _predict(model, work: np.ndarray, n: int, text_emb, geo_points, geo_boxes, h
     if h <= size and w <= size:
         return _window(model, work, text_emb, geo_points, geo_boxes, hires, separation, tta)
     if geo_points is not None or geo_boxes is not None:
-        raise ValueError(
-            f"Point/box prompts need the image to fit in one {size}x{size} window (after mpp "
-            f"rescaling it is {h}x{w}); crop the region of interest first, or use text prompts.")
+        return _predict_around(model, work, n, text_emb, geo_points, geo_boxes, hires, separation, tta)
     tiles = tile_grid(h, w, size, overlap)
     acc = BlendAccumulator(n, h, w, overlap)
     sep_acc = BlendAccumulator(3 * n, h, w, overlap) if separation else None
@@ -172,6 +177,43 @@ def _predict(model, work: np.ndarray, n: int, text_emb, geo_points, geo_boxes, h
             sep_acc.add(t, sep.reshape(3 * n, *sep.shape[-2:]))
         presence = np.maximum(presence, s)
     return acc.result(), presence, (sep_acc.result().reshape(n, 3, h, w) if sep_acc is not None else None)
+
+
+def _predict_around(model, work: np.ndarray, n: int, text_emb, geo_points, geo_boxes, hires, separation: bool,
+                    tta: bool):
+    """Point/box prompts on an image larger than one window: one window centred on the prompts (their
+    union must fit in it), predicted there and pasted into an empty canvas of the full size."""
+    size = model.config.preprocess.input_size
+    h, w = work.shape[:2]
+    xy = []
+    if geo_boxes is not None:
+        xy.append(geo_boxes.reshape(-1, 2))
+    if geo_points is not None:
+        xy.append(geo_points[0].reshape(-1, 2))
+    pts = torch.cat(xy).float().cpu().numpy()
+    (ux0, uy0), (ux1, uy1) = pts.min(0), pts.max(0)
+    if ux1 - ux0 > size or uy1 - uy0 > size:
+        raise ValueError(
+            f"Point/box prompts spanning {ux1 - ux0:.0f}x{uy1 - uy0:.0f} px (at the working resolution) do not fit "
+            f"in one {size}x{size} window; give prompts closer together, or one call per region.")
+    ww, wh = min(size, w), min(size, h)
+    x0 = int(np.clip(round((ux0 + ux1) / 2 - ww / 2), 0, w - ww))
+    y0 = int(np.clip(round((uy0 + uy1) / 2 - wh / 2), 0, h - wh))
+    shift = torch.tensor([x0, y0], dtype=torch.float32, device=_device(geo_boxes, geo_points))
+    boxes = (geo_boxes - shift.repeat(2)) if geo_boxes is not None else None
+    points = (geo_points[0] - shift, geo_points[1]) if geo_points is not None else None
+    p, s, sep = _window(model, work[y0:y0 + wh, x0:x0 + ww], text_emb, points, boxes, hires, separation, tta)
+    probs = np.zeros((n, h, w), np.float32)
+    probs[:, y0:y0 + wh, x0:x0 + ww] = p
+    full_sep = None
+    if sep is not None:
+        full_sep = np.zeros((n, 3, h, w), np.float32)
+        full_sep[..., y0:y0 + wh, x0:x0 + ww] = sep
+    return probs, s, full_sep
+
+
+def _device(geo_boxes, geo_points) -> torch.device:
+    return (geo_boxes if geo_boxes is not None else geo_points[0]).device
 
 
 def _window(model, window: np.ndarray, text_emb, points, boxes, hires, separation: bool, tta: bool):

@@ -69,7 +69,7 @@ def segmentation_loss(mask_logits: torch.Tensor, presence_logits: torch.Tensor, 
     return out
 
 
-def separation_loss(raw: torch.Tensor, target: torch.Tensor, rows: torch.Tensor,
+def separation_loss(raw: torch.Tensor | None, target: torch.Tensor, rows: torch.Tensor,
                     objects: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Loss of the separation maps on the rows that have instance ground truth.
 
@@ -82,8 +82,8 @@ def separation_loss(raw: torch.Tensor, target: torch.Tensor, rows: torch.Tensor,
     gradients (HoVer-Net's MSGE: the gradient is what cuts touching objects); border distance
     (``sigmoid``): mean squared error on all valid pixels. Zero when no row has instances.
     """
-    if not bool(rows.any()):
-        return raw.sum() * 0.0
+    if raw is None or not bool(rows.any()):  # no row of this batch has instances: the head was not run
+        return target.new_zeros(())
     r, t = raw[rows], target[rows]
     obj = (objects[rows] > 0) & valid[rows]
     v = valid[rows].to(r.dtype)
