@@ -36,8 +36,14 @@ def test_segment_end_to_end(real_image, test_model_dir, tmp_path, capsys):
                "--model", str(test_model_dir), "--mpp", "0.5"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
-    assert _listing(out) == ["glas_crop_nuclei.png", "glas_crop_overlay.png", "glas_crop_summary.json",
-                             "glas_crop_tumor-nuclei.png"]
+    assert _listing(out) == ["glas_crop_nuclei.png", "glas_crop_nuclei_instances.png", "glas_crop_overlay.png",
+                             "glas_crop_summary.json", "glas_crop_tumor-nuclei.png",
+                             "glas_crop_tumor-nuclei_instances.png"]
+    summary = json.loads((out / "glas_crop_summary.json").read_text())
+    for k, prompt in enumerate(("nuclei", "tumor nuclei")):  # instance label maps: 16-bit, one id per object
+        lab = np.asarray(Image.open(out / summary["files"]["instances"][prompt]))
+        assert lab.shape == (160, 200) and lab.dtype == np.uint16
+        assert len(np.unique(lab[lab > 0])) == summary["prompts"][k]["instances"]
     for name in ("glas_crop_nuclei.png", "glas_crop_tumor-nuclei.png"):
         m = np.asarray(Image.open(out / name))
         assert m.shape == (160, 200) and m.dtype == np.uint8 and set(np.unique(m)) <= {0, 255}
@@ -205,15 +211,23 @@ def test_demo_on_bundled_samples(test_model_dir, tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--model", str(test_model_dir)]) == 0
     text = capsys.readouterr().out
-    assert "pathsegmentor-test" in text and "inflammatory nuclei" in text
+    assert "pathsegmentor-test" in text and "tumour cells" in text and "objects" in text
     summary = json.loads((out / "demo_summary.json").read_text())
     assert summary["model"] == "pathsegmentor-test" and len(summary["results"]) == len(samples)
+    assert any(s["source"].startswith("EBHI-Seg") for s in samples)
     for s in samples:
         stem = Path(s["file"]).stem
-        assert (out / f"{stem}_overlay.png").is_file() and (out / f"{stem}_tumor-nuclei.png").is_file()
+        assert (out / f"{stem}_overlay.png").is_file() and (out / f"{stem}_tumour-cells.png").is_file()
+        assert (out / f"{stem}_nuclei_instances.png").is_file()
         res = json.loads((out / f"{stem}_summary.json").read_text())
-        assert res["mpp"] == s["mpp"] and len(res["prompts"]) == 4
-        assert res["image_size"] == {"height": 512, "width": 512}
+        assert res["mpp"] == s["mpp"] and len(res["prompts"]) == len(cli.DEMO_PROMPTS)
+        size = np.asarray(Image.open(s["path"])).shape[:2]
+        assert res["image_size"] == {"height": size[0], "width": size[1]}
+        # the paraphrase is resolved and said so; the non-pathology phrase is refused with suggestions
+        by_prompt = {p["prompt"]: p for p in res["prompts"]}
+        assert by_prompt["tumour cells"]["resolution"]["concept"] == "tumor nuclei"
+        refused = by_prompt["a red sports car"]["resolution"]
+        assert refused["answered_as"] is None and len(refused["suggestions"]) == 3
 
 
 def test_bundled_samples_are_small_and_documented():
@@ -222,7 +236,8 @@ def test_bundled_samples_are_small_and_documented():
     for s in cli.load_samples():
         for key in ("source", "original_file", "crop_box", "mpp", "licence", "citation"):
             assert s.get(key), (s["file"], key)
-        assert Image.open(s["path"]).size == (512, 512)
+        x0, y0, x1, y1 = s["crop_box"]  # the crop box says the tile's size (512x512 crops, a whole 224x224 image)
+        assert Image.open(s["path"]).size == (x1 - x0, y1 - y0) and max(x1 - x0, y1 - y0) <= 512
     assert (d / "LICENSES.md").is_file()
 
 

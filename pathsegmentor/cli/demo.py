@@ -13,7 +13,9 @@ from .errors import RunError
 from .loading import _check_model_spec, load_model
 from .outputs import _check_out_dir, _read_images, _Staging, _write_result
 
-DEMO_PROMPTS = ("nuclei", "gland", "tumor nuclei", "inflammatory nuclei")
+# what the demo shows: nuclei counted as instances, glands, a paraphrase resolved ("tumour cells" -> tumor
+# nuclei), a tissue region (tumor: the EBHI-Seg adenocarcinoma tile) and a phrase refused with suggestions
+DEMO_PROMPTS = ("nuclei", "gland", "tumour cells", "tumor", "a red sports car")
 
 
 def load_samples(samples_dir: Path = SAMPLES_DIR) -> list[dict[str, Any]]:
@@ -47,8 +49,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             meta = {k: s[k] for k in ("name", "source", "original_file", "crop_box", "licence") if k in s}
             summaries.append(_write_result(stage, path.stem, rgb, res,
                                            {"input": str(path), "sample": meta, "model_weights": source}))
-            for p, pr, a in zip(res.labels, res.presence, res.area_fraction):
-                rows.append((s.get("name", path.stem), p, float(pr), 100.0 * float(a)))
+            for p, pr, a, n in zip(res.labels, res.presence, res.area_fraction, res.instance_counts):
+                rows.append((s.get("name", path.stem), p, float(pr), 100.0 * float(a), n))
             warnings.update(res.warnings)
         stage.path("demo_summary.json").write_text(json.dumps(
             {"model": model.name, "model_weights": source, "prompts": prompts, "results": summaries}, indent=2) + "\n")
@@ -58,9 +60,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise
     w = max(len(r[0]) for r in rows)
     pw = max(len(r[1]) for r in rows)
-    print(f"{'sample':<{w}}  {'prompt':<{pw}}  presence  area %")
-    for name, p, pr, a in rows:
-        print(f"{name:<{w}}  {p:<{pw}}  {pr:8.3f}  {a:6.2f}")
+    print(f"{'sample':<{w}}  {'prompt':<{pw}}  presence  area %  objects")
+    for name, p, pr, a, n in rows:
+        print(f"{name:<{w}}  {p:<{pw}}  {pr:8.3f}  {a:6.2f}  {'' if n is None else n:>7}")
     for line in sorted(warnings):
         print(f"warning: {line}", file=sys.stderr)
     print(f"Model used: {model.name} (weights: {source}). Overlays, masks and summaries in {out}")

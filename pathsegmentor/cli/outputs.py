@@ -96,6 +96,12 @@ def _write_result(stage: _Staging, stem: str, rgb, result, extra: dict[str, Any]
         name = f"{stem}_{slug}.png"
         Image.fromarray(mask.astype(np.uint8) * 255, "L").save(stage.path(name))
         files["masks"][prompt] = name
+    counts = result.instance_counts
+    for i, (prompt, slug) in enumerate(zip(result.prompts, _unique_slugs(result.prompts))):
+        if counts[i] is not None:  # instance label map: 16-bit PNG, 0 background, 1..K objects
+            name = f"{stem}_{slug}_instances.png"
+            Image.fromarray(np.minimum(result.instances[i], 65535).astype(np.uint16)).save(stage.path(name))
+            files.setdefault("instances", {})[prompt] = name
     files["overlay"] = f"{stem}_overlay.png"
     render_result(rgb, result).save(stage.path(files["overlay"]))
     summary = {**extra, **result.summary(), "files": files}
@@ -107,8 +113,9 @@ def _write_result(stage: _Staging, stem: str, rgb, result, extra: dict[str, Any]
 def _print_result(label: str, result) -> None:
     """One line per prompt (how it was answered, presence, area); a warning on stderr for every prompt
     answered by a relative or refused."""
-    for lab, s, a in zip(result.labels, result.presence, result.area_fraction):
-        print(f"  {label}  {lab!r}: presence {float(s):.3f}, area {100.0 * float(a):.2f}%")
+    for lab, s, a, n in zip(result.labels, result.presence, result.area_fraction, result.instance_counts):
+        objects = "" if n is None else f", {n} objects"
+        print(f"  {label}  {lab!r}: presence {float(s):.3f}, area {100.0 * float(a):.2f}%{objects}")
     for w in result.warnings:
         print(f"warning: {label}: {w}", file=sys.stderr)
 

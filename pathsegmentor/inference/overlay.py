@@ -47,7 +47,8 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 def render_overlay(image: np.ndarray, masks: np.ndarray, labels: Sequence[str], *,
                    presence: Sequence[float] | None = None, alpha: float = 0.4,
-                   legend: bool = True) -> Image.Image:
+                   legend: bool = True, instances: np.ndarray | None = None,
+                   counts: Sequence[int | None] | None = None) -> Image.Image:
     """Draw ``masks`` over ``image``.
 
     Args:
@@ -57,6 +58,9 @@ def render_overlay(image: np.ndarray, masks: np.ndarray, labels: Sequence[str], 
         presence: N presence probabilities shown in the legend (optional).
         alpha: opacity of the mask fill; contours are opaque.
         legend: append a legend panel below the image (the image itself is not covered).
+        instances: ``int32 [N, H, W]`` instance label maps (0 background) or None: each object of a
+            row gets its own outline (touching objects are told apart), in a darker shade of its colour.
+        counts: N object counts for the legend (None entries: not counted).
 
     Returns:
         RGB ``PIL.Image`` of width ``max(W, legend width)`` and height ``H`` plus the legend panel.
@@ -83,13 +87,20 @@ def render_overlay(image: np.ndarray, masks: np.ndarray, labels: Sequence[str], 
         edges.append((i, contour(m, edge_width)))
     for i, e in edges:  # contours after all fills so that none is washed out by a later fill
         out[e] = prompt_colour(i)
+    if instances is not None:
+        from skimage.segmentation import find_boundaries
+
+        for i, lab in enumerate(np.asarray(instances)):
+            if lab.any() and masks[i].any():
+                out[find_boundaries(lab, mode="inner")] = np.array(prompt_colour(i), np.float32) * 0.55
     canvas = Image.fromarray(out.round().clip(0, 255).astype(np.uint8), "RGB")
     if not legend:
         return canvas
-    return _with_legend(canvas, labels, presence, masks)
+    return _with_legend(canvas, labels, presence, masks, counts)
 
 
-def _with_legend(canvas: Image.Image, labels: Sequence[str], presence, masks: np.ndarray) -> Image.Image:
+def _with_legend(canvas: Image.Image, labels: Sequence[str], presence, masks: np.ndarray,
+                 counts: Sequence[int | None] | None = None) -> Image.Image:
     w, h = canvas.size
     size = int(np.clip(min(w, h) / 32, 11, 20))
     font = _font(size)
@@ -101,6 +112,8 @@ def _with_legend(canvas: Image.Image, labels: Sequence[str], presence, masks: np
         if presence is not None:
             text += f"  presence {float(presence[i]):.2f}"
         text += f"  area {100.0 * float(masks[i].mean()):.1f}%"
+        if counts is not None and counts[i] is not None:
+            text += f"  {counts[i]} objects"
         lines.append(text)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     text_w = max((probe.textlength(t, font=font) for t in lines), default=0)
@@ -119,4 +132,6 @@ def _with_legend(canvas: Image.Image, labels: Sequence[str], presence, masks: np
 
 def render_result(image: np.ndarray, result, **kwargs) -> Image.Image:
     """:func:`render_overlay` for a :class:`~pathsegmentor.inference.result.SegmentationResult`."""
-    return render_overlay(image, result.masks, result.labels, presence=result.presence, **kwargs)
+    return render_overlay(image, result.masks, result.labels, presence=result.presence,
+                          instances=getattr(result, "instances", None), counts=getattr(result, "instance_counts", None),
+                          **kwargs)

@@ -85,7 +85,7 @@ def segment_image(model: "PathSegmentor", image: ImageInput, prompts: str | Sequ
     probs = np.zeros((n, H, W), np.float32)
     presence = np.zeros(n, np.float32)
     inst_maps = np.zeros((n, H, W), np.int32) if any(want_instances) else None
-    for group_mpp, rows in _groups(model, resolutions, bool(prompts), mpp):
+    for group_mpp, rows in _groups(model, resolutions, bool(prompts), mpp, geo_boxes):
         scale = 1.0 if mpp is None else float(mpp) / group_mpp
         work = rgb
         if abs(scale - 1.0) > 1e-3:
@@ -138,12 +138,24 @@ def _geometric_inputs(points, point_labels, boxes):
     return geo_boxes, geo_points, n_geo
 
 
-def _groups(model, resolutions, text: bool, mpp: float | None) -> list[tuple[float, list[int]]]:
+# a box alone whose longer side is at most this many µm frames a cell, so it runs at the cells' resolution
+CELL_BOX_UM = 25.0
+
+
+def _groups(model, resolutions, text: bool, mpp: float | None, boxes=None) -> list[tuple[float, list[int]]]:
     """Answered prompts grouped by working µm/px (``preprocess.structure_mpp``; without an input ``mpp``
-    nothing is rescaled, so every prompt runs in one group)."""
+    nothing is rescaled, so every prompt runs in one group). Geometric prompts alone run at the finest
+    working resolution (a cell's) when they are points, or boxes of at most ``CELL_BOX_UM`` µm; larger
+    boxes at the model's ``mpp``."""
     pp = model.config.preprocess
     rows = [i for i, r in enumerate(resolutions) if r.answered]
-    if mpp is None or not text or not getattr(pp, "structure_mpp", None):
+    table = getattr(pp, "structure_mpp", None) or {}
+    if mpp is not None and not text and table and rows:
+        fine = float(min([pp.mpp, *table.values()]))
+        side_um = 0.0 if boxes is None else float(np.max(np.concatenate(
+            [boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]]))) * float(mpp)
+        return [(fine if side_um <= CELL_BOX_UM else pp.mpp, rows)]
+    if mpp is None or not text or not table:
         return [(pp.mpp, rows)] if rows else []
     by: dict[float, list[int]] = {}
     for i in rows:

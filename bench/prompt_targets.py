@@ -1,0 +1,129 @@
+"""The prompt issue's targets on a corpus split (run by ``bench/prompts.py --data``, or alone).
+
+    python bench/prompt_targets.py [--model pathsegmentor-tiny] [--data runs/pathseg-shared] [--split validation]
+
+Prompts go to the model as they are (``vocabulary="open"``), so these measure the model, not the prompt
+policy (which refuses out-of-vocabulary phrases before the model sees them).
+
+* **presence**: image-level MCC with its confusion counts over image–prompt pairs of certain answer
+  (:mod:`pathsegmentor.evaluation.presence`: annotated categories; exhaustive-absent categories, held-out
+  phrases from outside pathology, other-organ concepts), at the model's presence threshold;
+  empty-mask rates for the non-pathology phrases and the other-organ concepts;
+* **paraphrases**: pooled Dice of each synonym of a category against the canonical name's, same images;
+* **cross-category**: Dice of "gland" against the nuclei of MoNuSeg/CoNSeP tiles, and of "nuclei" against
+  the glands of GlaS tiles (should be low: the other category's ground truth);
+* **geometric**: a box around one gland (GlaS instances): IoU with it and the fraction of the mask inside
+  the box; a point inside one nucleus (MoNuSeg instances): IoU with it. Up to ``--objects`` per image.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    u = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / u) if u else 0.0
+
+
+def run(model, corpus, split: str, *, objects: int = 3, limit: int = 0, seed: int = 0) -> dict:
+    from pathsegmentor.evaluation.metrics import confusion, scores
+    from pathsegmentor.evaluation.presence import presence_pairs, summarize_pairs
+    from pathsegmentor.training.prompt_sampling import negative_phrases
+
+    pairs = presence_pairs(model, corpus, split, phrases=negative_phrases()["heldout"], n_phrases=3, n_organ=2,
+                           limit=limit, seed=seed)
+    out = {"presence": summarize_pairs(pairs, model.config.inference.presence_threshold)}
+    rng = np.random.default_rng(seed)
+    table = corpus.images[split]
+    para = defaultdict(lambda: [None, {}])  # label -> [canonical counts, {synonym: counts}]
+    cross = defaultdict(lambda: None)
+    box_iou, box_inside, point_iou = [], [], []
+    idx = list(range(len(table)))[:limit] if limit else range(len(table))
+    for i in idx:
+        s = corpus.sample(split, i)
+        src = s.get("source", "")
+        for lb, m in s["targets"].items():
+            gt = np.asarray(m, bool)
+            if not gt.any():
+                continue
+            syns = list(corpus.ontology.categories[lb].synonyms) if lb in corpus.ontology.categories else []
+            if not syns:
+                continue
+            res = model.segment(s["image"], [lb, *syns], mpp=s.get("mpp"), vocabulary="open", instances="none")
+            c0 = confusion(res.masks[0], gt)
+            para[lb][0] = c0 if para[lb][0] is None else para[lb][0] + c0
+            for k, syn in enumerate(syns, start=1):
+                c = confusion(res.masks[k], gt)
+                para[lb][1][syn] = c if syn not in para[lb][1] else para[lb][1][syn] + c
+        other = {"glas": ("nuclei", "gland")}.get(src, ("gland", "nuclei") if src in ("monuseg", "consep") else None)
+        if other and other[1] in s["targets"]:
+            res = model.segment(s["image"], [other[0]], mpp=s.get("mpp"), vocabulary="open", instances="none")
+            c = confusion(res.masks[0], np.asarray(s["targets"][other[1]], bool))
+            key = f"'{other[0]}' vs {other[1]} ({src})"
+            cross[key] = c if cross[key] is None else cross[key] + c
+        kind = {"glas": ("gland", "box"), "monuseg": ("nuclei", "point")}.get(src)
+        inst = (s.get("instances") or {}).get(kind[0]) if kind else None
+        if inst is not None:
+            inst = np.asarray(inst)
+            ids, areas = np.unique(inst[inst > 0], return_counts=True)
+            ids = ids[areas >= 30]
+            for oid in rng.choice(ids, min(objects, len(ids)), replace=False) if len(ids) else []:
+                obj = inst == oid
+                ys, xs = np.nonzero(obj)
+                if kind[1] == "box":
+                    box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
+                    res = model.segment(s["image"], boxes=box, mpp=s.get("mpp"))
+                    m = res.masks[0]
+                    inside = np.zeros_like(m)
+                    inside[int(box[1]):int(box[3]), int(box[0]):int(box[2])] = True
+                    box_iou.append(_iou(m, obj))
+                    box_inside.append(float(m[inside].sum() / max(1, m.sum())))
+                else:
+                    j = rng.integers(0, len(ys))
+                    res = model.segment(s["image"], points=np.array([[[xs[j] + 0.5, ys[j] + 0.5]]]),
+                                        point_labels=np.array([[1]]), mpp=s.get("mpp"))
+                    point_iou.append(_iou(res.masks[0], obj))
+    out["paraphrases"] = {lb: {"canonical_dice": round(scores(c0)["dice"], 4),
+                               "worst_gap": round(max(scores(c0)["dice"] - scores(c)["dice"] for c in syn.values()), 4),
+                               "synonyms": {k: round(scores(c)["dice"], 4) for k, c in syn.items()}}
+                          for lb, (c0, syn) in sorted(para.items()) if c0 is not None}
+    out["cross_category_dice"] = {k: round(scores(c)["dice"], 4) for k, c in sorted(cross.items())}
+    out["box_around_one_gland"] = {"n": len(box_iou), "mean_iou": round(float(np.mean(box_iou)), 4) if box_iou else None,
+                                   "mean_fraction_inside_box": round(float(np.mean(box_inside)), 4) if box_inside else None}
+    out["point_on_one_nucleus"] = {"n": len(point_iou),
+                                   "mean_iou": round(float(np.mean(point_iou)), 4) if point_iou else None}
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="pathsegmentor-tiny")
+    ap.add_argument("--data", default=str(REPO / "runs" / "pathseg-shared"))
+    ap.add_argument("--split", default="validation")
+    ap.add_argument("--objects", type=int, default=3)
+    ap.add_argument("--limit", type=int, default=0)
+    args = ap.parse_args(argv)
+    import torch
+
+    from data_builders import load_pathseg
+    from pathsegmentor import PathSegmentor
+
+    torch.set_num_threads(2)
+    model = PathSegmentor.from_pretrained(args.model).eval()
+    print(json.dumps({"model": model.name, "split": args.split,
+                      **run(model, load_pathseg(args.data), args.split, objects=args.objects, limit=args.limit)},
+                     indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
