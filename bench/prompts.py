@@ -11,8 +11,12 @@ Prints one JSON object:
 - ``variants_resolved``: fraction of generated surface variants of trained concepts (UK spelling,
   "cells" wording, word order, stop words) resolved to their concept.
 
-The index build (a one-off, kept on disk) is reported apart, as ``index_build_s``. Presence MCC on
-validation images needs the retrained model (issue 12, part 4) and is not reported here.
+The index build (a one-off, kept on disk) is reported apart, as ``index_build_s``.
+
+With ``--data CORPUS`` it also prints the model-side targets on that corpus' ``--split`` (default
+validation): presence MCC with its confusion counts, empty-mask rates of held-out non-pathology phrases
+and other-organ concepts, paraphrase and cross-category Dice, box and point IoU
+(:mod:`bench.prompt_targets`, also runnable alone).
 """
 from __future__ import annotations
 
@@ -45,6 +49,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="pathsegmentor-tiny")
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--data", default=None, help="PathSeg corpus: also print the targets on --split")
+    ap.add_argument("--split", default="validation")
+    ap.add_argument("--limit", type=int, default=0, help="with --data: the first N images only")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -100,6 +107,13 @@ def main(argv=None) -> int:
         "non_pathology_answered": sorted(set(NON_PATHOLOGY) - set(refused)),
         "variants_resolved": round(len(ok) / max(1, len(pairs)), 3), "variants": len(pairs),
         "variant_misses": misses[:20]}, indent=2))
+    if args.data:
+        sys.path.insert(0, str(REPO / "bench"))
+        from data_builders import load_pathseg
+        from prompt_targets import run
+
+        print(json.dumps({"split": args.split, **run(model.eval(), load_pathseg(args.data), args.split,
+                                                     limit=args.limit)}, indent=2))
     return 0
 
 

@@ -155,7 +155,9 @@ def segment_view(model: Any, cache: EmbeddingCache, image: OpenedImage, result_i
     """Segment ``region`` of ``image`` for ``prompts`` (and/or a level-0 XYXY ``box`` / ``points`` as
     ``[x, y, label]``) at the model's working resolution."""
     t0 = time.perf_counter()
-    rgb, scale, level, note = _working(image, float(model.config.preprocess.mpp), region)
+    pp = model.config.preprocess
+    fine = float(min([pp.mpp, *(getattr(pp, "structure_mpp", None) or {}).values()]))  # e.g. nuclei at 0.25
+    rgb, scale, level, note = _working(image, fine, region)
     t_read = time.perf_counter()
     kwargs: dict[str, Any] = {}
     if box is not None:
@@ -167,15 +169,20 @@ def segment_view(model: Any, cache: EmbeddingCache, image: OpenedImage, result_i
         kwargs["point_labels"] = p[:, 2].astype(np.int64)[None]
     wrapped = CachedModel(model, cache, (image.file.path.as_posix(), level, region))
     try:
-        res = segment_image(wrapped, rgb, list(prompts) or None, **kwargs)
+        # read at the finest working µm/px; segment() brings each prompt group to its own from there
+        res = segment_image(wrapped, rgb, list(prompts) or None, mpp=fine if image.reader.mpp is not None else None,
+                            **kwargs)
     except ValueError as e:
         raise ServeError(422, str(e)) from None
     t_seg = time.perf_counter()
     labels = []
     for i, p in enumerate(res.prompts):
         inst = is_instance_prompt(res.resolutions[i].answered_as or p) if res.resolutions else False
-        labels.append(separate_instances(res.masks[i]) if inst and res.masks[i].any() else
-                      (np.zeros(res.masks[i].shape, np.int32) if inst else None))
+        if res.instances is not None and res.instance_counts[i] is not None:  # the model's own instance decoder
+            labels.append(res.instances[i])
+        else:
+            labels.append(separate_instances(res.masks[i]) if inst and res.masks[i].any() else
+                          (np.zeros(res.masks[i].shape, np.int32) if inst else None))
     t_inst = time.perf_counter()
     return ViewResult(result_id, image, region, scale, rgb, res, labels,
                       timings={"read_s": t_read - t0, "segment_s": t_seg - t_read, "instances_s": t_inst - t_seg},
