@@ -38,10 +38,12 @@ def _is_instance_category(label: str) -> bool:
 
 def evaluate_image(model, sample: dict[str, Any], *, cross_prompts: Sequence[str] = (),
                    instance_metrics: bool = True, instances: str = "auto", tta: bool = False,
-                   mpp_scale: float = 1.0) -> list[dict[str, Any]]:
+                   mpp_scale: float = 1.0, mpp_mode: str = "corpus") -> list[dict[str, Any]]:
     """Rows of raw counts for one corpus sample (see :func:`evaluate`). ``instances``: the instance decoder
     (``segment()``'s choices); ``tta``: flip test-time augmentation; ``mpp_scale``: multiply the working
-    µm/px (ablation: 2.0 runs nuclei at 0.5 instead of 0.25) by passing a scaled ``mpp`` to ``segment``."""
+    µm/px (ablation: 2.0 runs nuclei at 0.5 instead of 0.25) by passing a scaled ``mpp`` to ``segment``;
+    ``mpp_mode``: ``"corpus"`` (the corpus' mpp), ``"none"`` (pixel size unknown: nothing rescaled) or ``"auto"``
+    (estimated from the image), as a user without the pixel size would run it."""
     labels = sorted(sample["targets"])
     negatives = [n for n in sample.get("negatives", []) if n not in sample["targets"]]
     extra = [p for p in cross_prompts if p not in labels and p not in negatives]
@@ -49,8 +51,14 @@ def evaluate_image(model, sample: dict[str, Any], *, cross_prompts: Sequence[str
     if not prompts:
         return []
     mpp = sample.get("mpp")
-    res = model.segment(sample["image"], prompts, mpp=None if mpp is None else mpp / mpp_scale, vocabulary="open",
-                        instances=instances if instance_metrics else "none", tta=tta)
+    mpp = None if mpp is None or mpp_mode == "none" else "auto" if mpp_mode == "auto" else mpp / mpp_scale
+    kw = dict(vocabulary="open", instances=instances if instance_metrics else "none", tta=tta)
+    try:
+        res = model.segment(sample["image"], prompts, mpp=mpp, **kw)
+    except ValueError:
+        if mpp != "auto":
+            raise
+        res = model.segment(sample["image"], prompts, mpp=None, **kw)  # estimate refused: as a user, unscaled
     rows: list[dict[str, Any]] = []
     base = {"image_id": sample.get("image_id", ""), "source": sample.get("source", "")}
     for k, lb in enumerate(prompts):
@@ -245,6 +253,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     parser.add_argument("--mpp-scale", type=float, default=1.0,
                         help="ablation: run at this multiple of the working µm/px (2.0: nuclei at 0.5 instead of 0.25)")
+    parser.add_argument("--mpp-mode", default="corpus", choices=["corpus", "none", "auto"],
+                        help="pixel size given to segment(): the corpus' (default), none (unknown), or auto (estimated)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -276,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(f"{Path(str(args.model)).name}-eval-{args.split}")
     result = evaluate(model, corpus, args.split, out_dir=out, sources=args.source, cross_prompts=args.cross_prompt,
                       limit=args.limit, accelerator=accelerator, instances=args.instances, tta=args.tta,
-                      mpp_scale=args.mpp_scale)
+                      mpp_scale=args.mpp_scale, mpp_mode=args.mpp_mode)
     if accelerator.is_main_process:
         print(_markdown({k: result["tables"][k] for k in ("by_category", "by_source", "overall", "negatives")}))
         print(f"report written to {out}")

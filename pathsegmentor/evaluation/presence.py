@@ -67,9 +67,11 @@ def calibrate(pairs: Sequence[Pair]) -> tuple[float, float]:
 
 
 def presence_pairs(model, corpus, split: str, *, phrases: Sequence[str], n_phrases: int = 2, n_organ: int = 2,
-                   sources: Sequence[str] = (), limit: int = 0, seed: int = 0, progress: bool = True) -> list[Pair]:
+                   sources: Sequence[str] = (), limit: int = 0, per_source: int = 0, seed: int = 0,
+                   progress: bool = True) -> list[Pair]:
     """Image–prompt pairs with certain answers over ``split`` (see the module docstring), one
-    ``segment()`` call per image."""
+    ``segment()`` call per image; ``limit``: the first N images; ``per_source``: at most N images of each
+    source, evenly spaced over its images (a cheaper pass that keeps every source)."""
     from tqdm.auto import tqdm
 
     from ..training.prompt_sampling import other_organ_concepts
@@ -77,6 +79,12 @@ def presence_pairs(model, corpus, split: str, *, phrases: Sequence[str], n_phras
     rng = np.random.default_rng(seed)
     table = corpus.images[split]
     idx = [i for i in range(len(table)) if not sources or table["source"][i] in set(sources)]
+    if per_source:
+        by: dict[str, list[int]] = {}
+        for i in idx:
+            by.setdefault(table["source"][i], []).append(i)
+        idx = sorted(j for v in by.values() for j in
+                     (v if len(v) <= per_source else [v[int(k)] for k in np.linspace(0, len(v) - 1, per_source)]))
     if limit:
         idx = idx[:limit]
     pairs: list[Pair] = []
@@ -117,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--data", required=True, help="PathSeg corpus")
     ap.add_argument("--split", default="train", help="split to calibrate on (default: train; never validation)")
     ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--per-source", type=int, default=0, help="at most N images per source (evenly spaced)")
     ap.add_argument("--write", action="store_true", help="store the threshold in the model's config.json")
     ap.add_argument("--out", default=None, help="also write the pairs and summary as JSON here")
     args = ap.parse_args(argv)
@@ -133,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     phrases = negative_phrases()["train" if args.split == "train" else "heldout"]
-    pairs = presence_pairs(model, corpus, args.split, phrases=phrases, limit=args.limit)
+    pairs = presence_pairs(model, corpus, args.split, phrases=phrases, limit=args.limit, per_source=args.per_source)
     thr, best = calibrate(pairs)
     summary = {"split": args.split, "calibrated": summarize_pairs(pairs, thr),
                "at_0.5": summarize_pairs(pairs, 0.5)}
