@@ -6,7 +6,7 @@ V1 ?= runs/tiny-v1
 V1_COMMIT ?= 4e248bd
 V1_FILES = pathsegmentor/weights/pathsegmentor-tiny
 
-.PHONY: retrain-tiny corpus v1-weights train-tiny calibrate-tiny eval-tiny retrain-tiny-v1 train-tiny-v1 test
+.PHONY: retrain-tiny corpus v1-weights train-tiny calibrate-tiny eval-tiny bench-tiny train-tiny-v1 test
 
 retrain-tiny: corpus v1-weights train-tiny calibrate-tiny eval-tiny
 
@@ -24,15 +24,21 @@ train-tiny:
 
 # presence threshold: maximises MCC on the TRAINING split (never validation), written into the model's config
 calibrate-tiny:
-	python -m pathsegmentor.evaluation.presence $(RUN)/model --data $(CORPUS) --split train --write \
+	python -m pathsegmentor.evaluation.presence $(RUN)/model --data $(CORPUS) --split train --per-source 40 --write \
 	  --out $(RUN)/presence-train.json
 
 eval-tiny:
 	pathsegmentor evaluate --model $(RUN)/model --data $(CORPUS) --split validation --out $(RUN)/eval-validation \
-	  --cross-prompt gland --cross-prompt nuclei --cross-prompt "inflammatory nuclei" \
-	  --cross-prompt "cell nuclei" --cross-prompt nucleus --cross-prompt "glandular structures"
+	  --cross-prompt gland --cross-prompt "glandular structures"
 	python -m pathsegmentor.evaluation.vocabulary $(RUN)/model --counts $(CORPUS)/report/counts.csv \
 	  --by-category $(RUN)/eval-validation/by_category.csv
+
+# the figures of the model card's instance and prompt tables (validation split)
+bench-tiny:
+	python bench/instances.py --model $(RUN)/model --data $(CORPUS)
+	pathsegmentor evaluate --model $(RUN)/model --data $(CORPUS) --split validation --source ebhi_seg --mpp-mode none \
+	  --out $(RUN)/eval-ebhi-mpp-none
+	python bench/prompt_targets.py --model $(RUN)/model --data $(CORPUS) --limit 40
 
 # v1 from scratch (the recipe of the first release; v1's corpus had no EBHI-Seg: pass sources=... to compare)
 train-tiny-v1:
