@@ -55,6 +55,7 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=0, help="images per source (0: all)")
     ap.add_argument("--no-tta", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--baseline-only", action="store_true", help="only the classical baseline rows (no model runs)")
     args = ap.parse_args(argv)
 
     import torch
@@ -82,10 +83,10 @@ def main(argv=None) -> int:
         per_source_n[src] += 1
         gt = np.asarray(s["targets"][label], bool)
         gt_inst = (s.get("instances") or {}).get(label)
-        runs = {m: dict(instances=m) for m in methods}
-        if not args.no_tta:
+        runs = {} if args.baseline_only else {m: dict(instances=m) for m in methods}
+        if not args.no_tta and not args.baseline_only:
             runs[f"{methods[0]}+tta"] = dict(instances=methods[0], tta=True)
-        if label == "nuclei":
+        if label == "nuclei" and not args.baseline_only:
             runs[f"{methods[0]}@0.5"] = dict(instances=methods[0], mpp_scale=2.0)
         for name, kw in runs.items():
             scale = kw.pop("mpp_scale", 1.0)
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
             tile[:min(1000, img.shape[0]), :min(1000, img.shape[1])] = img[:1000, :1000]
             break
     timing = {}
-    if tile is not None:
+    if tile is not None and not args.baseline_only:
         model.segment(tile[:256, :256], "nuclei", mpp=0.25, vocabulary="open")  # warm-up
         for name, kw in (("mask_only", dict(instances="none")), ("with_instances", dict(instances="auto"))):
             t = time.perf_counter()
