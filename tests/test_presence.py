@@ -43,3 +43,14 @@ def test_pairs_on_a_corpus_are_certain(test_model, tmp_path):
     assert "positive" in kinds and "phrase" in kinds
     assert all(not p.truth for p in pairs if p.kind != "positive")
     assert all(0.0 <= p.presence <= 1.0 for p in pairs)
+
+
+def test_presence_cli_refuses_bad_paths(tmp_path, capsys):
+    from pathsegmentor.evaluation.presence import main
+
+    assert main(["pathsegmentor-test", "--data", str(tmp_path / "missing")]) == 2
+    assert "corpus directory not found" in capsys.readouterr().err
+    (tmp_path / "corpus").mkdir()
+    assert main([str(tmp_path / "no-model"), "--data", str(tmp_path / "corpus")]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert not (tmp_path / "no-model").exists()

@@ -29,11 +29,11 @@ import numpy as np
 from ..training.collectives import all_gather_objects
 from .metrics import Counts, aggregated_jaccard_index, confusion, panoptic_quality, scores
 
-INSTANCE_WORDS = ("nucle", "cell", "lymphocyte", "neutrophil", "macrophage", "eosinophil", "plasma", "gland")
-
-
 def _is_instance_category(label: str) -> bool:
-    return any(w in label.lower() for w in INSTANCE_WORDS)
+    """Counted object by object (the ontology's nucleus / cell / gland types), as ``segment()`` decides."""
+    from ..inference.separation import is_instance_concept
+
+    return is_instance_concept(label)
 
 
 def evaluate_image(model, sample: dict[str, Any], *, cross_prompts: Sequence[str] = (),

@@ -135,7 +135,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..modeling.factory import from_pretrained
     from ..training.prompt_sampling import negative_phrases
 
-    model = from_pretrained(args.model).eval()
+    if not Path(args.data).is_dir():
+        print(f"error: corpus directory not found: '{args.data}'. Build it with pathseg-build.", file=sys.stderr)
+        return 2
+    try:
+        model = from_pretrained(args.model).eval()
+    except (KeyError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.write and not (Path(args.model) / "config.json").is_file():
+        print(f"error: --write needs a model directory holding config.json; '{args.model}' is not one "
+              f"(pass the trained model's folder, e.g. runs/tiny-v2/model)", file=sys.stderr)
+        return 2
     corpus = load_pathseg(args.data)
     if args.split not in corpus.images:
         print(f"error: corpus '{args.data}' has no split '{args.split}'. Available: {sorted(corpus.images)}",

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ..inference.separation import separation_targets
 from .augment import brightness_contrast, flip_rotate, hed_jitter, log_uniform_jitter, random_scaled_crop
 from .prompt_sampling import (GEOMETRIC_KINDS, blank_image, choose_geometric, geometric_prompt, negative_phrases,
                               other_organ_concepts)
@@ -241,8 +242,6 @@ class PromptedCrops(Dataset):
                 presence[j] = float(target[j].any())
                 if sep_target is not None and lb in instances:
                     if lb not in sep_cache:
-                        from ..inference.separation import separation_targets
-
                         sep_cache[lb] = separation_targets(instances[lb])
                     sep_target[j] = sep_cache[lb]
                     sep_valid[j] = True
