@@ -249,6 +249,27 @@ def test_box_on_an_image_larger_than_a_window_crops_a_window_around_it(test_mode
         test_model.segment(img, boxes=far)
 
 
+
+def test_geometric_window_runs_a_point_or_box_in_a_window_of_the_trained_size(test_model, monkeypatch):
+    size = test_model.config.preprocess.input_size
+    win = size // 2
+    monkeypatch.setattr(test_model.config.inference, "geometric_window", win)
+    img = np.random.default_rng(1).integers(0, 255, (size, size, 3), dtype=np.uint8)  # fits one input window
+    seen = []
+    real = test_model.predict_window_maps
+    monkeypatch.setattr(test_model, "predict_window_maps", lambda w, *a, **k: seen.append(w.shape) or real(w, *a, **k))
+    res = test_model.segment(img, points=np.array([[[size - 5.0, 5.0]]]), point_labels=np.array([[1]]))
+    assert seen == [(win, win, 3)] and res.masks.shape == (1, size, size)
+    ys, xs = np.nonzero(res.probs[0] > 0)
+    assert xs.min() >= size - win and ys.max() < win  # the window sits in the corner that holds the point
+    seen.clear()
+    big = np.array([4.0, 4.0, 4.0 + 0.9 * size, 4.0 + 0.6 * size])  # a large box gets a larger window, margin kept
+    test_model.segment(img, boxes=big)
+    assert seen == [(size, size, 3)]
+    seen.clear()
+    test_model.segment(img, ["nuclei"])  # text alone: the whole image, as before
+    assert seen == [(size, size, 3)]
+
 def test_separation_loss_without_instance_rows_is_zero():
     from pathsegmentor.training.losses import separation_loss
 

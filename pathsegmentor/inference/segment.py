@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -169,9 +171,16 @@ def _predict(model, work: np.ndarray, n: int, text_emb, geo_points, geo_boxes, h
     ``[n, 3, h, w]`` or None): one window, or overlapping tiles blended (presence: the maximum over tiles)."""
     size = model.config.preprocess.input_size
     h, w = work.shape[:2]
+    has_geo = geo_points is not None or geo_boxes is not None
+    geo_window = int(getattr(model.config.inference, "geometric_window", 0) or 0)
+    if has_geo and geo_window and (h > geo_window or w > geo_window):
+        span = _prompt_span(geo_points, geo_boxes)  # a large box gets a window with a quarter of margin
+        win = min(size, max(geo_window, 32 * math.ceil(1.25 * span / 32)))
+        if h > win or w > win:
+            return _predict_around(model, work, n, text_emb, geo_points, geo_boxes, hires, separation, tta, size=win)
     if h <= size and w <= size:
         return _window(model, work, text_emb, geo_points, geo_boxes, hires, separation, tta)
-    if geo_points is not None or geo_boxes is not None:
+    if has_geo:
         return _predict_around(model, work, n, text_emb, geo_points, geo_boxes, hires, separation, tta)
     tiles = tile_grid(h, w, size, overlap)
     acc = BlendAccumulator(n, h, w, overlap)
@@ -192,18 +201,13 @@ def _predict(model, work: np.ndarray, n: int, text_emb, geo_points, geo_boxes, h
 
 
 def _predict_around(model, work: np.ndarray, n: int, text_emb, geo_points, geo_boxes, hires, separation: bool,
-                    tta: bool):
-    """Point/box prompts on an image larger than one window: one window centred on the prompts (their
-    union must fit in it), predicted there and pasted into an empty canvas of the full size."""
-    size = model.config.preprocess.input_size
+                    tta: bool, size: int | None = None):
+    """Point/box prompts on an image larger than one window (of ``size`` px; default the input size): one
+    window centred on the prompts (their union must fit in it), predicted there and pasted into an empty
+    canvas of the full size."""
+    size = size or model.config.preprocess.input_size
     h, w = work.shape[:2]
-    xy = []
-    if geo_boxes is not None:
-        xy.append(geo_boxes.reshape(-1, 2))
-    if geo_points is not None:
-        xy.append(geo_points[0].reshape(-1, 2))
-    pts = torch.cat(xy).float().cpu().numpy()
-    (ux0, uy0), (ux1, uy1) = pts.min(0), pts.max(0)
+    (ux0, uy0), (ux1, uy1) = _prompt_extent(geo_points, geo_boxes)
     if ux1 - ux0 > size or uy1 - uy0 > size:
         raise ValueError(
             f"Point/box prompts spanning {ux1 - ux0:.0f}x{uy1 - uy0:.0f} px (at the working resolution) do not fit "
@@ -222,6 +226,22 @@ def _predict_around(model, work: np.ndarray, n: int, text_emb, geo_points, geo_b
         full_sep = np.zeros((n, 3, h, w), np.float32)
         full_sep[..., y0:y0 + wh, x0:x0 + ww] = sep
     return probs, s, full_sep
+
+
+def _prompt_extent(geo_points, geo_boxes) -> tuple[np.ndarray, np.ndarray]:
+    """(min XY, max XY) over every box corner and point, in working pixels."""
+    xy = []
+    if geo_boxes is not None:
+        xy.append(geo_boxes.reshape(-1, 2))
+    if geo_points is not None:
+        xy.append(geo_points[0].reshape(-1, 2))
+    pts = torch.cat(xy).float().cpu().numpy()
+    return pts.min(0), pts.max(0)
+
+
+def _prompt_span(geo_points, geo_boxes) -> float:
+    lo, hi = _prompt_extent(geo_points, geo_boxes)
+    return float(np.max(hi - lo))
 
 
 def _device(geo_boxes, geo_points) -> torch.device:

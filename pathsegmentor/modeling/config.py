@@ -110,6 +110,9 @@ class InferenceConfig:
     # instance decoder for instance concepts: "auto" (the separation maps when the model predicts them, else
     # "watershed"), "hv" (centre offsets), "distance" (border distance), "watershed" (of the binary mask)
     instances: str = "auto"
+    # point/box prompts run in one window of this many px (at the working µm/px) centred on them, the size
+    # they were trained at; 0: the whole image when it fits in one input window
+    geometric_window: int = 0
 
 
 @dataclass
