@@ -34,7 +34,10 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / u) if u else 0.0
 
 
-def run(model, corpus, split: str, *, objects: int = 3, limit: int = 0, seed: int = 0) -> dict:
+def run(model, corpus, split: str, *, objects: int = 3, limit: int = 0, seed: int = 0,
+        geometric_only: bool = False) -> dict:
+    if geometric_only:
+        return geometric_figures(model, corpus, split, objects=objects, limit=limit, seed=seed)
     from pathsegmentor.evaluation.metrics import confusion, scores
     from pathsegmentor.evaluation.presence import presence_pairs, summarize_pairs
     from pathsegmentor.training.prompt_sampling import negative_phrases
@@ -42,11 +45,9 @@ def run(model, corpus, split: str, *, objects: int = 3, limit: int = 0, seed: in
     pairs = presence_pairs(model, corpus, split, phrases=negative_phrases()["heldout"], n_phrases=3, n_organ=2,
                            limit=limit, seed=seed)
     out = {"presence": summarize_pairs(pairs, model.config.inference.presence_threshold)}
-    rng = np.random.default_rng(seed)
     table = corpus.images[split]
     para = defaultdict(lambda: [None, {}])  # label -> [canonical counts, {synonym: counts}]
     cross = defaultdict(lambda: None)
-    box_iou, box_inside, point_iou = [], [], []
     idx = list(range(len(table)))[:limit] if limit else range(len(table))
     for i in idx:
         s = corpus.sample(split, i)
@@ -70,6 +71,23 @@ def run(model, corpus, split: str, *, objects: int = 3, limit: int = 0, seed: in
             c = confusion(res.masks[0], np.asarray(s["targets"][other[1]], bool))
             key = f"'{other[0]}' vs {other[1]} ({src})"
             cross[key] = c if cross[key] is None else cross[key] + c
+    out["paraphrases"] = {lb: {"canonical_dice": round(scores(c0)["dice"], 4),
+                               "worst_gap": round(max(scores(c0)["dice"] - scores(c)["dice"] for c in syn.values()), 4),
+                               "synonyms": {k: round(scores(c)["dice"], 4) for k, c in syn.items()}}
+                          for lb, (c0, syn) in sorted(para.items()) if c0 is not None}
+    out["cross_category_dice"] = {k: round(scores(c)["dice"], 4) for k, c in sorted(cross.items())}
+    out.update(geometric_figures(model, corpus, split, objects=objects, limit=limit, seed=seed))
+    return out
+
+
+def geometric_figures(model, corpus, split: str, *, objects: int = 3, limit: int = 0, seed: int = 0) -> dict:
+    """A box around one gland (GlaS) and a point inside one nucleus (MoNuSeg): mean IoU with the object."""
+    rng = np.random.default_rng(seed)
+    table = corpus.images[split]
+    box_iou, box_inside, point_iou = [], [], []
+    for i in (list(range(len(table)))[:limit] if limit else range(len(table))):
+        s = corpus.sample(split, i)
+        src = s.get("source", "")
         kind = {"glas": ("gland", "box"), "monuseg": ("nuclei", "point")}.get(src)
         inst = (s.get("instances") or {}).get(kind[0]) if kind else None
         if inst is not None:
@@ -92,11 +110,7 @@ def run(model, corpus, split: str, *, objects: int = 3, limit: int = 0, seed: in
                     res = model.segment(s["image"], points=np.array([[[xs[j] + 0.5, ys[j] + 0.5]]]),
                                         point_labels=np.array([[1]]), mpp=s.get("mpp"))
                     point_iou.append(_iou(res.masks[0], obj))
-    out["paraphrases"] = {lb: {"canonical_dice": round(scores(c0)["dice"], 4),
-                               "worst_gap": round(max(scores(c0)["dice"] - scores(c)["dice"] for c in syn.values()), 4),
-                               "synonyms": {k: round(scores(c)["dice"], 4) for k, c in syn.items()}}
-                          for lb, (c0, syn) in sorted(para.items()) if c0 is not None}
-    out["cross_category_dice"] = {k: round(scores(c)["dice"], 4) for k, c in sorted(cross.items())}
+    out = {}
     out["box_around_one_gland"] = {"n": len(box_iou), "mean_iou": round(float(np.mean(box_iou)), 4) if box_iou else None,
                                    "mean_fraction_inside_box": round(float(np.mean(box_inside)), 4) if box_inside else None}
     out["point_on_one_nucleus"] = {"n": len(point_iou),
@@ -111,6 +125,9 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="validation")
     ap.add_argument("--objects", type=int, default=3)
     ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--geometric-window", type=int, default=None,
+                    help="override the model's inference.geometric_window (px; 0: the whole image when it fits)")
+    ap.add_argument("--geometric-only", action="store_true", help="only the box and point figures")
     args = ap.parse_args(argv)
     import torch
 
@@ -119,8 +136,11 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(2)
     model = PathSegmentor.from_pretrained(args.model).eval()
+    if args.geometric_window is not None:
+        model.config.inference.geometric_window = args.geometric_window
     print(json.dumps({"model": model.name, "split": args.split,
-                      **run(model, load_pathseg(args.data), args.split, objects=args.objects, limit=args.limit)},
+                      **run(model, load_pathseg(args.data), args.split, objects=args.objects, limit=args.limit,
+                             geometric_only=args.geometric_only)},
                      indent=2))
     return 0
 
