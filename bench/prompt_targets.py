@@ -34,6 +34,15 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / u) if u else 0.0
 
 
+def _indices(table, limit: int) -> range:
+    """The first ``limit`` rows of ``table`` (all when 0)."""
+    return range(min(limit, len(table)) if limit else len(table))
+
+
+def _mean(xs: list[float]) -> float | None:
+    return round(float(np.mean(xs)), 4) if xs else None
+
+
 def run(model, corpus, split: str, *, objects: int = 3, limit: int = 0, seed: int = 0,
         geometric_only: bool = False) -> dict:
     if geometric_only:
@@ -48,8 +57,7 @@ def run(model, corpus, split: str, *, objects: int = 3, limit: int = 0, seed: in
     table = corpus.images[split]
     para = defaultdict(lambda: [None, {}])  # label -> [canonical counts, {synonym: counts}]
     cross = defaultdict(lambda: None)
-    idx = list(range(len(table)))[:limit] if limit else range(len(table))
-    for i in idx:
+    for i in _indices(table, limit):
         s = corpus.sample(split, i)
         src = s.get("source", "")
         for lb, m in s["targets"].items():
@@ -85,7 +93,7 @@ def geometric_figures(model, corpus, split: str, *, objects: int = 3, limit: int
     rng = np.random.default_rng(seed)
     table = corpus.images[split]
     box_iou, box_inside, point_iou = [], [], []
-    for i in (list(range(len(table)))[:limit] if limit else range(len(table))):
+    for i in _indices(table, limit):
         s = corpus.sample(split, i)
         src = s.get("source", "")
         kind = {"glas": ("gland", "box"), "monuseg": ("nuclei", "point")}.get(src)
@@ -110,12 +118,9 @@ def geometric_figures(model, corpus, split: str, *, objects: int = 3, limit: int
                     res = model.segment(s["image"], points=np.array([[[xs[j] + 0.5, ys[j] + 0.5]]]),
                                         point_labels=np.array([[1]]), mpp=s.get("mpp"))
                     point_iou.append(_iou(res.masks[0], obj))
-    out = {}
-    out["box_around_one_gland"] = {"n": len(box_iou), "mean_iou": round(float(np.mean(box_iou)), 4) if box_iou else None,
-                                   "mean_fraction_inside_box": round(float(np.mean(box_inside)), 4) if box_inside else None}
-    out["point_on_one_nucleus"] = {"n": len(point_iou),
-                                   "mean_iou": round(float(np.mean(point_iou)), 4) if point_iou else None}
-    return out
+    return {"box_around_one_gland": {"n": len(box_iou), "mean_iou": _mean(box_iou),
+                                     "mean_fraction_inside_box": _mean(box_inside)},
+            "point_on_one_nucleus": {"n": len(point_iou), "mean_iou": _mean(point_iou)}}
 
 
 def main(argv=None) -> int:

@@ -9,9 +9,8 @@ The model is passed in; this module imports nothing from :mod:`pathsegmentor.mod
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
-
 import math
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -171,17 +170,13 @@ def _predict(model, work: np.ndarray, n: int, text_emb, geo_points, geo_boxes, h
     ``[n, 3, h, w]`` or None): one window, or overlapping tiles blended (presence: the maximum over tiles)."""
     size = model.config.preprocess.input_size
     h, w = work.shape[:2]
-    has_geo = geo_points is not None or geo_boxes is not None
-    geo_window = int(getattr(model.config.inference, "geometric_window", 0) or 0)
-    if has_geo and geo_window and (h > geo_window or w > geo_window):
-        span = _prompt_span(geo_points, geo_boxes)  # a large box gets a window with a quarter of margin
-        win = min(size, max(geo_window, 32 * math.ceil(1.25 * span / 32)))
+    if geo_points is not None or geo_boxes is not None:
+        win = _geometric_window(model, geo_points, geo_boxes)
         if h > win or w > win:
-            return _predict_around(model, work, n, text_emb, geo_points, geo_boxes, hires, separation, tta, size=win)
-    if h <= size and w <= size:
+            return _predict_around(model, work, n, text_emb, geo_points, geo_boxes, hires, separation, tta, win)
         return _window(model, work, text_emb, geo_points, geo_boxes, hires, separation, tta)
-    if has_geo:
-        return _predict_around(model, work, n, text_emb, geo_points, geo_boxes, hires, separation, tta)
+    if h <= size and w <= size:
+        return _window(model, work, text_emb, None, None, hires, separation, tta)
     tiles = tile_grid(h, w, size, overlap)
     acc = BlendAccumulator(n, h, w, overlap)
     sep_acc = BlendAccumulator(3 * n, h, w, overlap) if separation else None
@@ -200,12 +195,22 @@ def _predict(model, work: np.ndarray, n: int, text_emb, geo_points, geo_boxes, h
     return acc.result(), presence, (sep_acc.result().reshape(n, 3, h, w) if sep_acc is not None else None)
 
 
+def _geometric_window(model, geo_points, geo_boxes) -> int:
+    """Side (px) of the one window point/box prompts run in: ``inference.geometric_window`` (the size they were
+    trained at) or, for prompts spanning more than that, their span plus a quarter; at most the input size.
+    ``geometric_window`` 0: the input size."""
+    size = model.config.preprocess.input_size
+    geo = int(getattr(model.config.inference, "geometric_window", 0) or 0)
+    if not geo:
+        return size
+    (x0, y0), (x1, y1) = _prompt_extent(geo_points, geo_boxes)
+    return min(size, max(geo, 32 * math.ceil(1.25 * float(max(x1 - x0, y1 - y0)) / 32)))
+
+
 def _predict_around(model, work: np.ndarray, n: int, text_emb, geo_points, geo_boxes, hires, separation: bool,
-                    tta: bool, size: int | None = None):
-    """Point/box prompts on an image larger than one window (of ``size`` px; default the input size): one
-    window centred on the prompts (their union must fit in it), predicted there and pasted into an empty
-    canvas of the full size."""
-    size = size or model.config.preprocess.input_size
+                    tta: bool, size: int):
+    """Point/box prompts on an image larger than one ``size`` px window: one window centred on the prompts (their
+    union must fit in it), predicted there and pasted into an empty canvas of the full size."""
     h, w = work.shape[:2]
     (ux0, uy0), (ux1, uy1) = _prompt_extent(geo_points, geo_boxes)
     if ux1 - ux0 > size or uy1 - uy0 > size:
@@ -237,11 +242,6 @@ def _prompt_extent(geo_points, geo_boxes) -> tuple[np.ndarray, np.ndarray]:
         xy.append(geo_points[0].reshape(-1, 2))
     pts = torch.cat(xy).float().cpu().numpy()
     return pts.min(0), pts.max(0)
-
-
-def _prompt_span(geo_points, geo_boxes) -> float:
-    lo, hi = _prompt_extent(geo_points, geo_boxes)
-    return float(np.max(hi - lo))
 
 
 def _device(geo_boxes, geo_points) -> torch.device:
