@@ -269,6 +269,9 @@ def test_geometric_window_runs_a_point_or_box_in_a_window_of_the_trained_size(te
     seen.clear()
     test_model.segment(img, ["nuclei"])  # text alone: the whole image, as before
     assert seen == [(size, size, 3)]
+    monkeypatch.setattr(test_model.config.inference, "geometric_window", -1)
+    with pytest.raises(ValueError, match="geometric_window is -1"):
+        test_model.segment(img, boxes=big)
 
 def test_separation_loss_without_instance_rows_is_zero():
     from pathsegmentor.training.losses import separation_loss

@@ -201,6 +201,9 @@ def _geometric_window(model, geo_points, geo_boxes) -> int:
     ``geometric_window`` 0: the input size."""
     size = model.config.preprocess.input_size
     geo = int(getattr(model.config.inference, "geometric_window", 0) or 0)
+    if geo < 0:
+        raise ValueError(f"inference.geometric_window is {geo}; it must be 0 (the input size) or a window side in "
+                         f"px, e.g. 256 (set it in the model's config.json)")
     if not geo:
         return size
     (x0, y0), (x1, y1) = _prompt_extent(geo_points, geo_boxes)
