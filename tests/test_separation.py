@@ -177,15 +177,35 @@ def test_training_samples_geometric_prompts_and_separation_targets(instance_corp
                 has_point = not torch.isnan(it["points"][j, 0])
                 assert has_box != has_point and it["presence"][j] == 1 and it["target"][j].any()
                 assert (it["prompts"][j] == "") == (not lab.startswith("<text+box>"))
-                if has_box:  # the target lies inside the box
+                if has_box:  # the target lies inside the box (a user's box may clip 10 % of the object)
                     x0, y0, x1, y1 = it["boxes"][j].tolist()
                     ys, xs = np.nonzero(it["target"][j].numpy())
-                    assert xs.min() >= int(x0) - 1 and xs.max() <= x1 + 1 and ys.min() >= int(y0) - 1
+                    tx, ty = 0.1 * (xs.max() + 1 - xs.min()) + 1, 0.1 * (ys.max() + 1 - ys.min()) + 1
+                    assert xs.min() >= x0 - tx and xs.max() <= x1 + tx and ys.min() >= y0 - ty and ys.max() <= y1 + ty
                 assert not it["sep_valid"][j]
             elif it["sep_valid"][j]:
                 obj = it["target"][j] > 0
                 assert it["sep_target"][j][2][obj].min() > 0 and it["sep_target"][j][:, ~obj].abs().max() == 0
     assert kinds == {"box", "point", "text+box"}
+
+
+def test_geometric_prompt_prefers_whole_objects_and_falls_back_to_cut_ones():
+    from pathsegmentor.training.prompt_sampling import geometric_prompt
+
+    inst = np.zeros((32, 32), np.int32)
+    inst[0:20, 0:12] = 1  # cut by the top and left borders
+    inst[20:28, 16:24] = 2  # inside
+    rng = np.random.default_rng(0)
+    for _ in range(8):  # an inside object exists: always that one
+        target, box, _ = geometric_prompt("box", inst > 0, inst, rng)
+        assert target.astype(bool).sum() == 64 and box[0] >= 14
+    inst[inst == 2] = 0  # only the cut gland is left: its visible part, its box clipped to the crop
+    target, box, _ = geometric_prompt("box", inst > 0, inst, rng)
+    assert np.array_equal(target > 0, inst == 1)
+    assert box.min() >= 0 and box[2] <= 32 and box[3] <= 32 and box[2] >= 12 * 0.9
+    target, _, point = geometric_prompt("point", inst > 0, inst, rng)
+    assert inst[int(point[1]), int(point[0])] == 1
+    assert geometric_prompt("point", inst > 0, np.zeros_like(inst), rng) is None
 
 
 def test_training_samples_certain_negatives_and_blank_inputs(instance_corpus):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pathsegmentor.modeling.config import ConfigError
@@ -119,6 +120,14 @@ def test_embedding_cache_mode_then_evaluate(tmp_path, tiny_corpus):
     assert res["steps"] == 4
     views = sorted((tmp_path / "cache" / "embedding_cache").glob("view_*.safetensors"))
     assert views, "no cached views written"
+    from pathsegmentor.training.embedding_cache import CachedViews
+
+    cached = CachedViews(tmp_path / "cache" / "embedding_cache", prompt_source=None)
+    n_images = len({f.stem.split("_")[1] for f in views})
+    w = cached.view_weights(np.full(n_images, 1.0 / n_images))  # two views per image share its weight
+    assert w.shape == (len(views),) and np.allclose(w, 1.0 / len(views))
+    w = cached.view_weights(np.r_[0.75, np.full(n_images - 1, 0.25 / (n_images - 1))])
+    assert np.isclose(w[:2].sum(), 0.75) and np.isclose(w.sum(), 1.0)
     model = from_pretrained(tmp_path / "cache" / "model")
     corpus = load_pathseg(tiny_corpus)
     result = evaluate(model, corpus, "validation", out_dir=tmp_path / "eval", progress=False)

@@ -1,7 +1,8 @@
 """Embedding-cache mode: encode augmented views once with a frozen image encoder, train on them.
 
 Each view is one safetensors file holding the view's pixels (uint8), the image embedding and skip
-features, the per-label target masks and the labels/negatives as metadata. Building is idempotent:
+features, the per-label target masks and instance maps (where the source has instance ground truth: the
+geometric prompts of a cached view are drawn from them) and the labels/negatives as metadata. Building is idempotent:
 existing view files are kept, so an interrupted build resumes.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch.utils.data import Dataset
 
 from ..modeling.image_encoder import ImageFeatures
 
-_FORMAT = "pathsegmentor-embedding-cache-v1"
+_FORMAT = "pathsegmentor-embedding-cache-v2"  # v2: instance maps (v1 files still load, without them)
 
 
 @torch.no_grad()
@@ -46,8 +47,12 @@ def build_embedding_cache(model, ds, weights: np.ndarray, cache_dir: Path, *, vi
                 tensors[f"target{j}"] = torch.from_numpy(view["targets"][lb].astype(np.uint8))
                 if view["ignore"].get(lb) is not None:
                     tensors[f"ignore{j}"] = torch.from_numpy(view["ignore"][lb].astype(np.uint8))
+            inst_labels = sorted(view.get("instances") or {})
+            for j, lb in enumerate(inst_labels):
+                tensors[f"instances{j}"] = torch.from_numpy(view["instances"][lb].astype(np.int32))
             meta = {"format": _FORMAT, "labels": json.dumps(labels), "negatives": json.dumps(view["negatives"]),
-                    "source": view["source"]}
+                    "instance_labels": json.dumps(inst_labels),
+                    "source": view["source"], "region": view.get("region", "")}
             tmp = f.with_suffix(".tmp")
             save_file(tensors, str(tmp), metadata=meta)
             tmp.replace(f)
@@ -66,6 +71,13 @@ class CachedViews(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    def view_weights(self, image_weights: np.ndarray) -> np.ndarray:
+        """Per-view sampling weights (sum 1): each image's weight shared by its cached views."""
+        images = np.array([int(f.stem.split("_")[1]) for f in self.files])
+        w = np.asarray(image_weights, np.float64)[images]
+        w = w / np.bincount(images, minlength=len(image_weights))[images]
+        return w / w.sum()
+
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         from safetensors import safe_open
 
@@ -74,12 +86,15 @@ class CachedViews(Dataset):
             meta = f.metadata()
             t = {k: f.get_tensor(k) for k in f.keys()}
         labels = json.loads(meta["labels"])
+        inst_labels = json.loads(meta.get("instance_labels", "[]"))
         view = {
             "image": t["pixels"].numpy().transpose(1, 2, 0),
             "targets": {lb: t[f"target{j}"].numpy() for j, lb in enumerate(labels)},
             "ignore": {lb: (t[f"ignore{j}"].numpy() if f"ignore{j}" in t else None) for j, lb in enumerate(labels)},
+            "instances": {lb: t[f"instances{j}"].numpy() for j, lb in enumerate(inst_labels)},
             "negatives": json.loads(meta["negatives"]),
             "source": meta["source"],
+            "region": meta.get("region", ""),
         }
         rng = np.random.default_rng([self.prompt_source.seed, int(position), 1])
         item = self.prompt_source.with_prompts(view, rng)

@@ -73,13 +73,20 @@ def geometric_prompt(kind: str, label_mask: np.ndarray, instances: np.ndarray, r
         kind: ``"box"``, ``"point"`` or ``"text+box"``.
         label_mask: ``[H, W]`` the category's mask (text+box target).
         instances: ``int [H, W]`` the category's instance ids.
+    Objects inside the crop are preferred; when every object is cut by the crop border (glands are often
+    larger than a crop), a cut object's visible part is the target and its box is clipped to the crop, as
+    a user's box at an image edge would be.
+
     Returns ``(target float32 [H, W], box float32 [4] XYXY or None, point float32 [2] XY or None)``, or None when
-    the crop holds no object of at least ``min_area`` px that is not cut by the crop border.
+    the crop holds no object of at least ``min_area`` px.
     """
     ids, counts = np.unique(instances[instances > 0], return_counts=True)
     h, w = instances.shape
     border = np.unique(np.concatenate([instances[0], instances[-1], instances[:, 0], instances[:, -1]]))
-    ok = ids[(counts >= min_area) & ~np.isin(ids, border)]
+    big = counts >= min_area
+    ok = ids[big & ~np.isin(ids, border)]
+    if ok.size == 0:
+        ok = ids[big]
     if ok.size == 0:
         return None
     oid = int(ok[rng.integers(0, ok.size)])

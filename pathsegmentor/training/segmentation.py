@@ -166,7 +166,7 @@ class SegmentationObjective(Objective):
             accelerator.wait_for_everyone()
             self.cache_build_s = time.time() - t_cache
             ds = CachedViews(cache_dir, ds)
-            weights = np.full(len(ds), 1.0 / len(ds))
+            weights = ds.view_weights(weights)  # each image's views share its sampling weight (source balance kept)
         model.train()
         self.model = model
         return TrainingSetup(module=model, dataset=ds, weights=weights, collate=collate,
