@@ -1,14 +1,19 @@
 """``--mpp auto`` accuracy: the estimated pixel size against the known one.
 
     python bench/mpp_auto.py            # held-out (validation-split) images + the CMU slide, 3 scales each
-    python bench/mpp_auto.py --fit      # refit the constants of pathsegmentor.inference.mpp_estimate on
-                                        # the TRAINING-split images only (prints them)
+    python bench/mpp_auto.py --fit      # refit the regressor of pathsegmentor.inference.mpp_estimate on the
+                                        # TRAINING-split images only (writes mpp_regressor.safetensors)
 
 Images: MoNuSeg (0.25 µm/px), GlaS (0.5), CoNSeP (0.25) from ../shared/data, split as the corpus builder
 splits them (``data_builders.splits.assign_groups``, 20 % validation, seed 0; MoNuSeg grouped by patient,
 the others by image), and CMU-1-Small-Region.svs (0.499). Each is also resampled by 0.6 and 1.6 (the true
 pixel size becomes mpp/0.6 and mpp/1.6). Prints a table (true, estimate, relative error, within 15 %?)
 and, last, the fraction within 15 %.
+
+``--fit``: every training image resampled to :data:`FIT_SCALES` random scales (log-uniform 0.35-2.5x) and
+read as :data:`FIT_PATCHES` random 256 px patches each; an MLP (log mpp from the patch features) is chosen
+among :data:`GRID` by 5-fold cross-validation grouped by image (the validation split is not used), refit
+on all training patches, and saved with its cross-validated error (log-std of the per-image median).
 """
 from __future__ import annotations
 
@@ -49,24 +54,101 @@ def load(path: Path) -> np.ndarray:
 
 
 def rescale(rgb: np.ndarray, s: float) -> np.ndarray:
-    from pathsegmentor.inference.mpp_estimate import _resize
+    """``rgb`` resampled by ``s`` (box filter when shrinking, bilinear when enlarging)."""
+    if s == 1.0:
+        return rgb
+    h, w = rgb.shape[:2]
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    resample = Image.Resampling.BOX if s < 1 else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(rgb).resize(size, resample))
 
-    return rgb if s == 1.0 else _resize(rgb, s)
+
+FIT_SCALES = 10
+FIT_PATCHES = 4
+GRID = [dict(hidden=64, weight_decay=1e-3, dropout=0.1), dict(hidden=32, weight_decay=1e-3, dropout=0.0),
+        dict(hidden=128, weight_decay=1e-2, dropout=0.2)]
+EPOCHS = 3000
+
+
+def training_features(per_set: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Patch features ``[N, F]``, log mpp ``[N]``, and (image, scale) group ids ``[N]`` of the training split."""
+    from pathsegmentor.inference.mpp_features import patch_features, sample_patches
+
+    rng = np.random.default_rng(0)
+    X, y, g = [], [], []
+    for i, (name, p, mpp) in enumerate(images("train", per_set)):
+        rgb = load(p)
+        for k, s in enumerate(np.exp(rng.uniform(math.log(0.35), math.log(2.5), FIT_SCALES))):
+            for patch in sample_patches([rescale(rgb, float(s))], FIT_PATCHES, rng):
+                X.append(patch_features(patch))
+                y.append(math.log(mpp / s))
+                g.append(i * FIT_SCALES + k)
+        print(f"{name:8s} {p.name}", flush=True)
+    return np.array(X, np.float64), np.array(y), np.array(g)
+
+
+def train_mlp(X: np.ndarray, y: np.ndarray, hidden: int, weight_decay: float, dropout: float, seed: int = 0):
+    """Fit the MLP (standardised inputs, NaN -> training median); returns the safetensors dict."""
+    import torch
+
+    fill = np.nanmedian(X, 0)
+    X = np.where(np.isnan(X), fill, X)
+    mean, std = X.mean(0), X.std(0) + 1e-6
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Dropout(dropout), torch.nn.Linear(X.shape[1], hidden), torch.nn.GELU(),
+                              torch.nn.Linear(hidden, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, 1))
+    opt = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=weight_decay)
+    xt = torch.tensor((X - mean) / std, dtype=torch.float32)
+    yt = torch.tensor(y - y.mean(), dtype=torch.float32)
+    for _ in range(EPOCHS):
+        loss = torch.nn.functional.smooth_l1_loss(net(xt)[:, 0], yt, beta=0.1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    t = {"fill": fill, "mean": mean, "std": std, "target_mean": np.array([y.mean()])}
+    for j, layer in enumerate(m for m in net if isinstance(m, torch.nn.Linear)):
+        t[f"layer{j}.weight"] = layer.weight.detach().double().numpy()
+        t[f"layer{j}.bias"] = layer.bias.detach().double().numpy()
+    return {k: np.ascontiguousarray(v, np.float32) for k, v in t.items()}
+
+
+def group_median_errors(pred: np.ndarray, y: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Per (image, scale) group: median patch estimate minus the truth, in log mpp."""
+    return np.array([np.median(pred[g == k]) - y[g == k][0] for k in np.unique(g)])
 
 
 def fit(per_set: int | None) -> None:
-    from pathsegmentor.inference.mpp_estimate import nucleus_diameters
+    import torch
+    from safetensors.numpy import save_file
 
-    logs, slopes = [], []
-    for name, p, mpp in images("train", per_set):
-        rgb = load(p)
-        d1 = np.median(nucleus_diameters(rgb, mpp))
-        d2 = np.median(nucleus_diameters(rgb, mpp * 1.25))
-        logs.append(math.log(d1))
-        slopes.append(math.log(d2 / d1) / math.log(1.25))
-        print(f"{name:8s} {p.name:40s} d={d1:.2f} µm slope={slopes[-1]:.2f}", flush=True)
-    print(f"NUCLEUS_DIAMETER_UM = {math.exp(np.mean(logs)):.3g}\nSLOPE = {np.median(slopes):.2g}\n"
-          f"CALIBRATION_LOG_STD = {np.std(logs):.2g}\n(n={len(logs)} training images)")
+    from pathsegmentor.inference import mpp_features
+    from pathsegmentor.inference.mpp_estimate import REGRESSOR_FILE, MppRegressor
+
+    torch.set_num_threads(1)
+    X, y, g = training_features(per_set)
+    image = g // FIT_SCALES
+    folds = np.random.default_rng(0).permutation(np.unique(image)) % 5
+    fold_of = dict(zip(np.unique(image), folds))
+    fold = np.array([fold_of[i] for i in image])
+    meta = {"features": mpp_features.VERSION}
+    best = None
+    for params in GRID:
+        errs = []
+        for f in range(5):
+            reg = MppRegressor(train_mlp(X[fold != f], y[fold != f], **params), {**meta, "cv_log_std": "0"})
+            errs.append(group_median_errors(reg(X[fold == f]), y[fold == f], g[fold == f]))
+        e = np.concatenate(errs)
+        within = float(np.mean(np.abs(np.exp(e) - 1) <= 0.15))
+        print(f"cv {params}: within 15 % {within:.3f}, log-std {np.std(e):.3f}", flush=True)
+        if best is None or within > best[0]:
+            best = (within, params, float(np.std(e)))
+    within, params, log_std = best
+    tensors = train_mlp(X, y, **params)
+    meta.update(cv_log_std=f"{log_std:.4f}", cv_within_15=f"{within:.3f}", params=str(params),
+                fitted_on=f"training split of MoNuSeg/GlaS/CoNSeP, {len(np.unique(image))} images x {FIT_SCALES} "
+                          f"scales x {FIT_PATCHES} patches (bench/mpp_auto.py --fit)")
+    save_file(tensors, str(REGRESSOR_FILE), metadata=meta)
+    print(f"chosen {params} (cv within 15 %: {within:.3f}, log-std {log_std:.3f}); wrote {REGRESSOR_FILE}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -132,6 +132,8 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--geometric-window", type=int, default=None,
                     help="override the model's inference.geometric_window (px; 0: the whole image when it fits)")
+    ap.add_argument("--geometric-mode", choices=("learned", "instances"), default=None,
+                    help="override the model's inference.geometric_mode")
     ap.add_argument("--geometric-only", action="store_true", help="only the box and point figures")
     args = ap.parse_args(argv)
     import torch
@@ -143,7 +145,10 @@ def main(argv=None) -> int:
     model = PathSegmentor.from_pretrained(args.model).eval()
     if args.geometric_window is not None:
         model.config.inference.geometric_window = args.geometric_window
+    if args.geometric_mode is not None:
+        model.config.inference.geometric_mode = args.geometric_mode
     print(json.dumps({"model": model.name, "split": args.split,
+                      "geometric_mode": getattr(model.config.inference, "geometric_mode", "learned"),
                       **run(model, load_pathseg(args.data), args.split, objects=args.objects, limit=args.limit,
                              geometric_only=args.geometric_only)},
                      indent=2))

@@ -1,40 +1,41 @@
-"""``mpp="auto"``: estimate the pixel size (µm/px) of an H&E image from the size of its nuclei.
+"""``mpp="auto"``: estimate the pixel size (µm/px) of an H&E image from its texture and nuclei.
 
-Method (classical haematoxylin nucleus detector at a canonical scale, solved for a fixed point):
+Method (a regressor over scale-telling patch features, never silent):
 
-1. For a trial pixel size ``m``, resample the image to :data:`CANONICAL_MPP` (0.5 µm/px) as if it
-   were ``m`` µm/px (at most :data:`MAX_SIDE` px a side, a central crop).
-2. Haematoxylin channel (``skimage.color.rgb2hed``), Gaussian σ = 1 px, Otsu threshold, opening,
-   holes filled, connected components of 3-400 µm²: the nuclei; ``d(m)``: their median equivalent
-   diameter in µm.
-3. At the true pixel size, ``d`` is the typical nucleus diameter :data:`NUCLEUS_DIAMETER_UM`; a wrong
-   ``m`` scales it by about ``(m / m_true) ** SLOPE``. Iterate ``m <- m * (D / d(m)) ** (1 / SLOPE)``
-   from 0.5 µm/px until it moves by less than 1 %.
+1. Up to :data:`PATCHES` square patches (256 px, or the shortest side) are drawn over the image(s)
+   with a fixed seed; each gives the features of :mod:`.mpp_features` (haematoxylin and eosin power
+   spectra in log-frequency bins, stain statistics, haematoxylin object sizes in pixels).
+2. A small MLP (:data:`REGRESSOR_FILE`, 20 KB) maps each patch's features to ``log mpp``; the
+   estimate is the median over patches.
+3. Its one-sigma range combines the regressor's error measured by grouped cross-validation on the
+   training images (stored with the weights) with the spread of the patch estimates.
 
-``NUCLEUS_DIAMETER_UM``, ``SLOPE`` and the calibrated spread ``CALIBRATION_LOG_STD`` were fitted on the
-*training* split images only (MoNuSeg, GlaS, CoNSeP; ``python bench/mpp_auto.py --fit``); the held-out
-figures are in ``docs/MPP_AUTO.md``. The estimate is scale-covariant (an image resampled by ``s`` gives
-``m / s``), but nucleus size varies with tissue, so its uncertainty is large: it is reported, and a
-run that depends on it says so. The model is not used: no trained-model variant was measured.
+The regressor was fitted on the *training* split of MoNuSeg, GlaS and CoNSeP only, each image resampled
+to many pixel sizes (0.35-2.5x), so the patch features alone, not the dataset, must tell the scale
+(``python bench/mpp_auto.py --fit``); held-out figures are in ``docs/MPP_AUTO.md``. It has seen three
+scanners: on an image from another scanner or stain the error can be larger than the reported range.
+Refused (:class:`MppEstimateError`, with the fix) when too few haematoxylin objects are found (no
+nuclei: blank, glass, not H&E), when the images are too small, or when the estimate is too uncertain.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-CANONICAL_MPP = 0.5
-MAX_SIDE = 768
-# fitted on the training split (bench/mpp_auto.py --fit); see docs/MPP_AUTO.md
-NUCLEUS_DIAMETER_UM = 4.51
-SLOPE = 0.66
-CALIBRATION_LOG_STD = 0.18
+from . import mpp_features as mf
+
+REGRESSOR_FILE = Path(__file__).with_name("mpp_regressor.safetensors")
+PATCHES = 16
 MIN_NUCLEI = 50
 MAX_RELATIVE_UNCERTAINTY = 0.6
-METHOD = ("haematoxylin nucleus sizes (rgb2hed + Otsu + labelling) at a canonical 0.5 µm/px, fixed point "
-          "against a typical nucleus diameter fitted on training images")
+METHOD = ("MLP regressor over haematoxylin/eosin power spectra and haematoxylin object sizes of 256 px "
+          "patches (rgb2hed), fitted on resampled training images of MoNuSeg, GlaS and CoNSeP")
+_FIX = "pass the pixel size with --mpp X (mpp=X in Python), e.g. 0.25 for a 40x scan, 0.5 for 20x"
 
 
 class MppEstimateError(ValueError):
@@ -44,72 +45,78 @@ class MppEstimateError(ValueError):
 @dataclass(frozen=True)
 class MppEstimate:
     """An estimated pixel size: ``mpp`` (µm/px) with the one-sigma range ``[low, high]``
-    (``relative_uncertainty`` = ``high / mpp - 1``), from ``nuclei`` detected objects."""
+    (``relative_uncertainty`` = ``high / mpp - 1``), from ``patches`` patches holding ``nuclei``
+    haematoxylin objects."""
 
     mpp: float
     low: float
     high: float
     relative_uncertainty: float
     nuclei: int
+    patches: int
     median_diameter_um: float
-    iterations: int
     method: str = METHOD
 
     def describe(self) -> str:
         return (f"mpp estimated from the image: {self.mpp:.3g} µm/px (one-sigma range {self.low:.3g}-"
-                f"{self.high:.3g}, ±{100 * self.relative_uncertainty:.0f} %) from {self.nuclei} nuclei; "
-                f"pass --mpp X if the pixel size is known")
+                f"{self.high:.3g}, ±{100 * self.relative_uncertainty:.0f} %) from {self.patches} patches, "
+                f"{self.nuclei} nuclei; pass --mpp X if the pixel size is known")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-def _resize(rgb: np.ndarray, scale: float) -> np.ndarray:
-    from PIL import Image
+class MppRegressor:
+    """``float32 [N, FEATURES]`` patch features -> ``float [N]`` log mpp (an MLP in numpy; weights,
+    feature standardisation and the cross-validated error from a safetensors file)."""
 
-    h, w = rgb.shape[:2]
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
-    return np.asarray(Image.fromarray(rgb).resize(size, resample))
+    def __init__(self, tensors: dict[str, np.ndarray], meta: dict[str, str]) -> None:
+        if meta.get("features") != mf.VERSION:
+            raise ValueError(f"mpp regressor was fitted on features '{meta.get('features')}', this code computes "
+                             f"'{mf.VERSION}': refit it with `python bench/mpp_auto.py --fit`")
+        self.t = tensors
+        self.meta = meta
+        self.cv_log_std = float(meta["cv_log_std"])
+
+    @classmethod
+    def load(cls, path: Path = REGRESSOR_FILE) -> "MppRegressor":
+        from safetensors.numpy import load_file
+        from safetensors import safe_open
+
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"mpp regressor '{path}' is missing: reinstall pathsegmentor or refit it with "
+                                    f"`python bench/mpp_auto.py --fit`")
+        with safe_open(str(path), "np") as f:
+            meta = dict(f.metadata() or {})
+        return cls(load_file(str(path)), meta)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        t = self.t
+        x = np.where(np.isnan(x), t["fill"], x)
+        h = (x - t["mean"]) / t["std"]
+        from scipy.special import erf
+
+        layers = sorted({int(k.split(".")[0][5:]) for k in t if k.startswith("layer")})
+        for i in layers:
+            h = h @ t[f"layer{i}.weight"].T + t[f"layer{i}.bias"]
+            if i != layers[-1]:
+                h = 0.5 * h * (1.0 + erf(h / math.sqrt(2.0)))  # exact GELU, as torch's nn.GELU
+        return h[:, 0] + float(t["target_mean"][0])
 
 
-def nucleus_diameters(rgb: np.ndarray, mpp: float) -> np.ndarray:
-    """Equivalent diameters (µm, ``float [n]``) of the haematoxylin objects of ``uint8 [H, W, 3]`` RGB
-    read as ``mpp`` µm/px (steps 1-2 of the module docstring)."""
-    from scipy import ndimage as ndi
-    from skimage.color import rgb2hed
-    from skimage.filters import threshold_otsu
-
-    scale = mpp / CANONICAL_MPP
-    side = int(MAX_SIDE / scale)  # input pixels that become MAX_SIDE canonical pixels
-    h, w = rgb.shape[:2]
-    y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
-    im = _resize(np.ascontiguousarray(rgb[y0:y0 + side, x0:x0 + side]), scale)
-    if min(im.shape[:2]) < 16:
-        return np.zeros(0)
-    hema = ndi.gaussian_filter(rgb2hed(im)[..., 0], 1.0)
-    if float(hema.max() - hema.min()) < 1e-6:
-        return np.zeros(0)
-    mask = ndi.binary_fill_holes(ndi.binary_opening(hema > threshold_otsu(hema)))
-    lab, _ = ndi.label(mask)
-    area = np.bincount(lab.ravel())[1:] * CANONICAL_MPP ** 2
-    area = area[(area >= 3.0) & (area <= 400.0)]
-    return np.sqrt(4.0 * area / math.pi)
+@lru_cache(maxsize=1)
+def default_regressor() -> MppRegressor:
+    return MppRegressor.load()
 
 
-def _diameters(images: Sequence[np.ndarray], mpp: float) -> np.ndarray:
-    parts = [nucleus_diameters(im, mpp) for im in images]
-    return np.concatenate(parts) if parts else np.zeros(0)
-
-
-def estimate_mpp(images: np.ndarray | Sequence[np.ndarray], *, start: float = 0.5,
-                 max_iterations: int = 10) -> MppEstimate:
+def estimate_mpp(images: np.ndarray | Sequence[np.ndarray], *, patches: int = PATCHES, seed: int = 0,
+                 regressor: MppRegressor | None = None) -> MppEstimate:
     """Estimate the pixel size of ``images`` (one ``uint8 [H, W, 3]`` RGB image, or several regions of one
-    slide at the same pixel size), in µm/px.
+    slide at the same pixel size; sides of at least 128 px), in µm/px.
 
     Raises:
-        MppEstimateError: too few nuclei found, or the fixed point did not settle in ``(0.05, 5)`` µm/px;
-            the message names the fix (``--mpp X`` / ``mpp=X``).
+        MppEstimateError: images too small, too few nuclei found, or the estimate too uncertain or
+            outside ``(0.05, 5)`` µm/px; the message names the fix (``--mpp X`` / ``mpp=X``).
     """
     if isinstance(images, np.ndarray):
         images = [images]
@@ -117,29 +124,29 @@ def estimate_mpp(images: np.ndarray | Sequence[np.ndarray], *, start: float = 0.
     for im in images:
         if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
             raise ValueError(f"estimate_mpp needs uint8 [H, W, 3] RGB images; got {im.dtype} {im.shape}.")
-    m, d = float(start), np.zeros(0)
-    it = 0
-    for it in range(1, max_iterations + 1):
-        d = _diameters(images, m)
-        if len(d) < MIN_NUCLEI:
-            break
-        new = min(5.0, max(0.05, m * (NUCLEUS_DIAMETER_UM / float(np.median(d))) ** (1.0 / SLOPE)))
-        moved, m = abs(math.log(new / m)), new
-        if moved < 0.01:
-            break
-    fix = "pass the pixel size with --mpp X (mpp=X in Python), e.g. 0.25 for a 40x scan, 0.5 for 20x"
-    if len(d) < MIN_NUCLEI:
-        raise MppEstimateError(f"mpp auto: only {len(d)} nuclei found at a trial {m:.3g} µm/px (need "
-                               f"{MIN_NUCLEI}): too little tissue, or not H&E, to estimate the pixel size; {fix}.")
+    crops = mf.sample_patches(images, patches, np.random.default_rng(seed))
+    if not crops:
+        sizes = [im.shape[:2] for im in images]
+        raise MppEstimateError(f"mpp auto: the image ({sizes}) is smaller than {mf.MIN_PATCH} px a side; {_FIX}.")
+    from skimage.color import rgb2hed
+
+    diam = [mf.object_diameters(rgb2hed(c)[..., 0]) for c in crops]
+    nuclei = int(sum(len(d) for d in diam))
+    if nuclei < MIN_NUCLEI:
+        raise MppEstimateError(f"mpp auto: only {nuclei} nuclei found in {len(crops)} patches (need {MIN_NUCLEI}): "
+                               f"too little tissue, or not H&E, to estimate the pixel size; {_FIX}.")
+    reg = regressor or default_regressor()
+    logs = reg(np.stack([mf.patch_features(c) for c in crops]).astype(np.float64))
+    log_m = float(np.median(logs))
+    m = math.exp(log_m)
+    spread = 1.2533 * float(np.std(logs)) / math.sqrt(len(logs))  # sampling error of the median
+    log_sd = math.hypot(reg.cv_log_std, spread)
+    rel = math.exp(log_sd) - 1.0
     if not 0.05 < m < 5.0:
         raise MppEstimateError(f"mpp auto: the estimate ran out of the plausible range (0.05-5 µm/px, got "
-                               f"{m:.3g}); {fix}.")
-    d = _diameters(images, m)
-    # spread of the calibration (tissue-to-tissue) plus the sampling error of the median, in log mpp
-    sampling = 1.2533 * float(np.std(np.log(d))) / math.sqrt(len(d))
-    log_sd = math.hypot(CALIBRATION_LOG_STD, sampling) / SLOPE
-    rel = math.exp(log_sd) - 1.0
+                               f"{m:.3g}); {_FIX}.")
     if rel > MAX_RELATIVE_UNCERTAINTY:
-        raise MppEstimateError(f"mpp auto: the estimate {m:.3g} µm/px is too uncertain (±{100 * rel:.0f} %); {fix}.")
+        raise MppEstimateError(f"mpp auto: the estimate {m:.3g} µm/px is too uncertain (±{100 * rel:.0f} %); {_FIX}.")
+    d_px = float(np.median(np.concatenate(diam)))
     return MppEstimate(mpp=m, low=m * math.exp(-log_sd), high=m * math.exp(log_sd), relative_uncertainty=rel,
-                       nuclei=int(len(d)), median_diameter_um=float(np.median(d)), iterations=it)
+                       nuclei=nuclei, patches=len(crops), median_diameter_um=d_px * m)

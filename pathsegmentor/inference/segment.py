@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .geometric_instances import check_geometric_mode, segment_by_instances
 from .image_io import ImageInput, resize_rgb, to_rgb_uint8
 from .prompts import check_vocabulary, geometric, resolve_prompts
 from .result import SegmentationResult
@@ -78,6 +79,16 @@ def segment_image(model: "PathSegmentor", image: ImageInput, prompts: str | Sequ
     if geo_points is not None and geo_points[0].shape[0] != n:
         geo_points = (np.broadcast_to(geo_points[0], (n, *geo_points[0].shape[1:])),
                       np.broadcast_to(geo_points[1], (n, geo_points[1].shape[1])))
+    mode = getattr(inf, "geometric_mode", "learned")
+    check_geometric_mode(mode)
+    if mode == "instances" and n_geo:  # a point/box answered by the model's instance under it
+        def run(window: np.ndarray, prompt: str) -> SegmentationResult:
+            return segment_image(model, window, prompt, mpp=mpp, mask_threshold=mask_threshold,
+                                 presence_threshold=presence_threshold, hires=hires, tile_overlap=tile_overlap,
+                                 vocabulary=vocabulary, instances="auto" if instances == "none" else instances, tta=tta)
+
+        return segment_by_instances(model, rgb, prompts, names, geo_boxes, geo_points, mpp, run, CELL_BOX_UM,
+                                    estimate)
     resolutions = resolve_prompts(model, prompts, vocabulary) if prompts else [geometric(nm) for nm in names]
     decoder = inf.instances if instances == "auto" else instances
     want_instances = [bool(prompts) and r.answered and instances != "none" and is_instance_concept(r.answered_as)

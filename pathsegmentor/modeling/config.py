@@ -113,6 +113,10 @@ class InferenceConfig:
     # point/box prompts run in one window of this many px (at the working µm/px) centred on them, the size
     # they were trained at; 0: the whole image when it fits in one input window
     geometric_window: int = 0
+    # how a point/box prompt is answered: "learned" (the prompt encoder's point/box tokens through the decoder)
+    # or "instances" (the model's text-prompted instance under the point / best filling the box; see
+    # pathsegmentor.inference.geometric_instances)
+    geometric_mode: str = "learned"
 
 
 @dataclass

@@ -1,0 +1,182 @@
+"""Point and box prompts answered through the instance decoder (``inference.geometric_mode = "instances"``).
+
+A click or a box means "this object". Instead of decoding the point/box tokens (the ``"learned"`` mode,
+which needs far more geometric training than ``pathsegmentor-tiny`` had), each prompt is answered by the
+model's own text-prompted instances in a window around it:
+
+* **point alone**: the instance of the finest instance concept the model answers (:data:`POINT_CONCEPTS`:
+  nuclei, then glands) under the first foreground point, or the nearest one within :data:`NEAR_UM` µm
+  (a click on a rim the predicted mask misses); else an empty mask.
+* **box alone**: the concept is chosen by the box size (a box of at most ``CELL_BOX_UM`` µm frames a
+  nucleus, a larger one a gland); the instance whose bounding box best overlaps the box (IoU), clipped
+  to the box.
+* **text + box**: the text prompt's mask (as ``segment`` answers it) clipped to the box.
+
+The window is the prompt's extent plus half on each side, at least ``inference.geometric_window`` px
+(256 when unset) at the concept's working µm/px, so a point on a whole-slide region costs one window.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .prompts import PromptResolution
+from .separation import working_mpp
+
+POINT_CONCEPTS = ("nuclei", "gland")
+NEAR_UM = 3.0  # a point this close to an object (µm) counts as on it
+BOX_CONCEPTS = ("nuclei", "gland")  # (cell-sized box, larger box)
+GEOMETRIC_MODES = ("learned", "instances")
+
+
+def check_geometric_mode(mode: str) -> None:
+    if mode not in GEOMETRIC_MODES:
+        raise ValueError(f"inference.geometric_mode is {mode!r}. Available: {list(GEOMETRIC_MODES)} ('instances': a "
+                         f"point/box returns the model's instance under it; 'learned': the prompt encoder's tokens); "
+                         f"set it in the model's config.json")
+
+
+def _window(extent: tuple[float, float, float, float], side: float, h: int, w: int) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)`` of a window of at least ``side`` px holding ``extent`` (XYXY) plus half its span."""
+    x0, y0, x1, y1 = extent
+    sw = max(side, 2.0 * (x1 - x0))
+    sh = max(side, 2.0 * (y1 - y0))
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    wx0, wy0 = int(max(0, np.floor(cx - sw / 2))), int(max(0, np.floor(cy - sh / 2)))
+    return wy0, int(min(h, np.ceil(cy + sh / 2))), wx0, int(min(w, np.ceil(cx + sw / 2)))
+
+
+def _object_near(labels: np.ndarray | None, mask: np.ndarray, x: int, y: int, radius: float) -> np.ndarray:
+    """The object under ``(x, y)``, else the nearest one within ``radius`` px (a click on a nucleus' rim that
+    the predicted mask misses): from the instance ``labels``, else the connected components of ``mask``."""
+    from scipy import ndimage as ndi
+
+    if labels is None or not labels.any():
+        labels, _ = ndi.label(mask)
+    if labels[y, x]:
+        return labels == labels[y, x]
+    if not labels.any():
+        return np.zeros_like(mask)
+    r = int(np.ceil(radius))
+    ys, ye, xs, xe = max(0, y - r), y + r + 1, max(0, x - r), x + r + 1
+    patch = labels[ys:ye, xs:xe]
+    if not patch.any():
+        return np.zeros_like(mask)
+    dist, (iy, ix) = ndi.distance_transform_edt(patch == 0, return_indices=True)
+    py, px = y - ys, x - xs
+    if dist[py, px] > radius:
+        return np.zeros_like(mask)
+    return labels == patch[iy[py, px], ix[py, px]]
+
+
+def _bbox_iou(obj: np.ndarray, box: tuple[float, float, float, float]) -> float:
+    ys, xs = np.nonzero(obj)
+    if len(ys) == 0:
+        return 0.0
+    a = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    ix = max(0.0, min(a[2], box[2]) - max(a[0], box[0]))
+    iy = max(0.0, min(a[3], box[3]) - max(a[1], box[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (box[2] - box[0]) * (box[3] - box[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def answer_geometric(model, rgb: np.ndarray, *, text: str | None, box: np.ndarray | None,
+                     point: np.ndarray | None, mpp: float | None, run: Callable, answerable: set[str],
+                     cell_box_um: float) -> tuple[np.ndarray, float, PromptResolution | None, str]:
+    """One point/box prompt on ``rgb uint8 [H, W, 3]`` -> (``bool [H, W]`` mask, presence in [0, 1],
+    the text's resolution or None, how it was answered).
+
+    ``run(window_rgb, prompt)`` segments one text prompt on a window (``segment`` with the caller's
+    options) and returns its :class:`~.result.SegmentationResult`; ``answerable``: the concepts the model
+    answers; ``box`` XYXY and ``point`` XY in input pixels."""
+    h, w = rgb.shape[:2]
+    pp = model.config.preprocess
+    m_in = float(mpp) if mpp is not None else float(pp.mpp)
+    base = float(getattr(model.config.inference, "geometric_window", 0) or 256)
+    out = np.zeros((h, w), bool)
+    if box is not None:
+        b = tuple(float(v) for v in box)
+        extent = b
+        side_um = max(b[2] - b[0], b[3] - b[1]) * m_in
+        concepts = [text] if text else [BOX_CONCEPTS[0] if side_um <= cell_box_um else BOX_CONCEPTS[1]]
+    else:
+        px, py = float(point[0]), float(point[1])
+        extent = (px, py, px, py)
+        concepts = [text] if text else [c for c in POINT_CONCEPTS if c in answerable]
+    for concept in concepts:
+        if not text and concept not in answerable:
+            continue
+        side = base * working_mpp(pp, concept) / m_in if not text else base * pp.mpp / m_in
+        y0, y1, x0, x1 = _window(extent, side, h, w)
+        res = run(rgb[y0:y1, x0:x1], concept)
+        resolution = res.resolutions[0] if text else None
+        if text and not res.resolutions[0].answered:
+            return out, 0.0, resolution, "refused"
+        mask = res.masks[0]
+        if text:  # the text's category inside the box
+            bx0, by0 = int(np.floor(b[0])) - x0, int(np.floor(b[1])) - y0
+            bx1, by1 = int(np.ceil(b[2])) - x0, int(np.ceil(b[3])) - y0
+            clip = np.zeros_like(mask)
+            clip[max(0, by0):max(0, by1), max(0, bx0):max(0, bx1)] = True
+            out[y0:y1, x0:x1] = mask & clip
+            return out, float(res.presence[0]), resolution, f"'{concept}' inside the box"
+        labels = res.instances[0] if res.instances is not None else None
+        if box is None:
+            cx, cy = int(min(max(px - x0, 0), x1 - x0 - 1)), int(min(max(py - y0, 0), y1 - y0 - 1))
+            obj = _object_near(labels, mask, cx, cy, NEAR_UM / m_in)
+            if obj.any():
+                out[y0:y1, x0:x1] = obj
+                return out, 1.0, None, f"the '{concept}' instance under the point"
+            continue
+        wb = (b[0] - x0, b[1] - y0, b[2] - x0, b[3] - y0)
+        ids = [int(i) for i in np.unique(labels) if i] if labels is not None else []
+        cands = [labels == i for i in ids] if ids else ([mask] if mask.any() else [])
+        scores = [_bbox_iou(c, wb) for c in cands]
+        if scores and max(scores) > 0:
+            obj = cands[int(np.argmax(scores))]
+            clip = np.zeros_like(obj)
+            clip[max(0, int(np.floor(wb[1]))):max(0, int(np.ceil(wb[3]))),
+                 max(0, int(np.floor(wb[0]))):max(0, int(np.ceil(wb[2])))] = True
+            out[y0:y1, x0:x1] = obj & clip
+            return out, 1.0, None, f"the '{concept}' instance that best fills the box"
+    return out, 0.0, None, f"no {' or '.join(concepts) or 'instance concept'} under the prompt"
+
+
+def segment_by_instances(model, rgb: np.ndarray, prompts: list[str], names: list[str], geo_boxes, geo_points,
+                         mpp: float | None, run: Callable, cell_box_um: float, estimate=None):
+    """Every row of a ``segment`` call with points/boxes answered by :func:`answer_geometric`; returns the
+    :class:`~.result.SegmentationResult` (``probs`` are the binary masks; ``resolutions[i].reason`` says how
+    each prompt was answered)."""
+    from dataclasses import replace
+
+    from .prompts import geometric
+    from .result import SegmentationResult
+
+    h, w = rgb.shape[:2]
+    n = len(names)
+    answerable = set(model.config.vocabulary) or set(POINT_CONCEPTS)
+    masks = np.zeros((n, h, w), bool)
+    presence = np.zeros(n, np.float32)
+    resolutions = []
+    for i in range(n):
+        box = geo_boxes[i] if geo_boxes is not None else None
+        point = None
+        if box is None and geo_points is not None:
+            fg = np.nonzero(geo_points[1][i] == 1)[0]
+            point = geo_points[0][i][fg[0] if len(fg) else 0]
+        text = prompts[i] if prompts else None
+        mask, pres, res, how = answer_geometric(model, rgb, text=text, box=box, point=point, mpp=mpp, run=run,
+                                                answerable=answerable, cell_box_um=cell_box_um)
+        masks[i], presence[i] = mask, pres
+        reason = f"geometric_mode 'instances': {how}"
+        resolutions.append(replace(res, reason=(res.reason + "; " if res.reason else "") + reason) if res is not None
+                           else replace(geometric(names[i]), reason=reason))
+    pthr = model.config.inference.presence_threshold
+    masks &= (presence >= pthr)[:, None, None]
+    return SegmentationResult(prompts=names, masks=masks, probs=masks.astype(np.float32), presence=presence,
+                              image_size=(h, w), mpp=mpp, model=model.name,
+                              thresholds={"mask": model.config.inference.mask_threshold, "presence": pthr},
+                              resolutions=resolutions, instances=None,
+                              mpp_estimate=estimate.to_dict() if estimate is not None else None)
