@@ -54,13 +54,11 @@ def load(path: Path) -> np.ndarray:
 
 
 def rescale(rgb: np.ndarray, s: float) -> np.ndarray:
-    """``rgb`` resampled by ``s`` (box filter when shrinking, bilinear when enlarging)."""
-    if s == 1.0:
-        return rgb
+    """``rgb`` resampled by ``s`` (the package's resize: box filter when shrinking, bilinear when enlarging)."""
+    from pathsegmentor.inference.image_io import resize_rgb
+
     h, w = rgb.shape[:2]
-    size = (max(1, round(w * s)), max(1, round(h * s)))
-    resample = Image.Resampling.BOX if s < 1 else Image.Resampling.BILINEAR
-    return np.asarray(Image.fromarray(rgb).resize(size, resample))
+    return resize_rgb(rgb, (max(1, round(h * s)), max(1, round(w * s))))
 
 
 FIT_SCALES = 10

@@ -43,7 +43,7 @@ def _answer(model, calls, **kw):
     kw.setdefault("box", None)
     kw.setdefault("point", None)
     return answer_geometric(model, np.zeros((200, 200, 3), np.uint8), mpp=0.25, run=_runner(_scene(), calls),
-                            answerable={"nuclei", "gland"}, cell_box_um=25.0, **kw)
+                            answerable={"nuclei", "gland"}, **kw)
 
 
 def test_a_point_returns_the_one_touching_nucleus_under_it_or_next_to_it(model):
@@ -76,6 +76,8 @@ def test_a_box_returns_the_object_that_fills_it_clipped_and_text_box_the_categor
     inside = np.zeros_like(mask)
     inside[120:180, 100:150] = True
     assert np.array_equal(mask, (scene["gland"] > 0) & inside) and res.answered_as == "gland" and "inside the box" in how
+    mask, _, res, how = _answer(model, calls, text="nuclei", point=np.array([70.0, 50.0]))  # text + point
+    assert np.array_equal(mask, scene["nuclei"] == 2) and res.answered_as == "nuclei" and "under the point" in how
 
 
 def test_segment_with_geometric_mode_instances_reports_how(test_model, monkeypatch):

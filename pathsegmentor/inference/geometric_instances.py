@@ -7,10 +7,11 @@ model's own text-prompted instances in a window around it:
 * **point alone**: the instance of the finest instance concept the model answers (:data:`POINT_CONCEPTS`:
   nuclei, then glands) under the first foreground point, or the nearest one within :data:`NEAR_UM` µm
   (a click on a rim the predicted mask misses); else an empty mask.
-* **box alone**: the concept is chosen by the box size (a box of at most ``CELL_BOX_UM`` µm frames a
+* **box alone**: the concept is chosen by the box size (a box of at most :data:`CELL_BOX_UM` µm frames a
   nucleus, a larger one a gland); the instance whose bounding box best overlaps the box (IoU), clipped
   to the box.
-* **text + box**: the text prompt's mask (as ``segment`` answers it) clipped to the box.
+* **text + box**: the text prompt's mask (as ``segment`` answers it) clipped to the box; **text + point**:
+  the text's instance under the point.
 
 The window is the prompt's extent plus half on each side, at least ``inference.geometric_window`` px
 (256 when unset) at the concept's working µm/px, so a point on a whole-slide region costs one window.
@@ -27,6 +28,8 @@ from .separation import working_mpp
 POINT_CONCEPTS = ("nuclei", "gland")
 NEAR_UM = 3.0  # a point this close to an object (µm) counts as on it
 BOX_CONCEPTS = ("nuclei", "gland")  # (cell-sized box, larger box)
+# a box alone whose longer side is at most this many µm frames a cell (runs at the cells' resolution)
+CELL_BOX_UM = 25.0
 GEOMETRIC_MODES = ("learned", "instances")
 
 
@@ -70,11 +73,9 @@ def _object_near(labels: np.ndarray | None, mask: np.ndarray, x: int, y: int, ra
     return labels == patch[iy[py, px], ix[py, px]]
 
 
-def _bbox_iou(obj: np.ndarray, box: tuple[float, float, float, float]) -> float:
-    ys, xs = np.nonzero(obj)
-    if len(ys) == 0:
-        return 0.0
-    a = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+def _box_iou(sl: tuple[slice, slice], box: tuple[float, float, float, float]) -> float:
+    """IoU of an object's bounding box (``ndimage.find_objects`` slices) with an XYXY box."""
+    a = (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
     ix = max(0.0, min(a[2], box[2]) - max(a[0], box[0]))
     iy = max(0.0, min(a[3], box[3]) - max(a[1], box[1]))
     inter = ix * iy
@@ -82,9 +83,17 @@ def _bbox_iou(obj: np.ndarray, box: tuple[float, float, float, float]) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
+def _inside(shape: tuple[int, int], box: tuple[float, float, float, float]) -> np.ndarray:
+    """``bool shape``: the pixels an XYXY box covers (rounded outwards)."""
+    out = np.zeros(shape, bool)
+    out[max(0, int(np.floor(box[1]))):max(0, int(np.ceil(box[3]))),
+        max(0, int(np.floor(box[0]))):max(0, int(np.ceil(box[2])))] = True
+    return out
+
+
 def answer_geometric(model, rgb: np.ndarray, *, text: str | None, box: np.ndarray | None,
-                     point: np.ndarray | None, mpp: float | None, run: Callable, answerable: set[str],
-                     cell_box_um: float) -> tuple[np.ndarray, float, PromptResolution | None, str]:
+                     point: np.ndarray | None, mpp: float | None, run: Callable,
+                     answerable: set[str]) -> tuple[np.ndarray, float, PromptResolution | None, str]:
     """One point/box prompt on ``rgb uint8 [H, W, 3]`` -> (``bool [H, W]`` mask, presence in [0, 1],
     the text's resolution or None, how it was answered).
 
@@ -100,7 +109,7 @@ def answer_geometric(model, rgb: np.ndarray, *, text: str | None, box: np.ndarra
         b = tuple(float(v) for v in box)
         extent = b
         side_um = max(b[2] - b[0], b[3] - b[1]) * m_in
-        concepts = [text] if text else [BOX_CONCEPTS[0] if side_um <= cell_box_um else BOX_CONCEPTS[1]]
+        concepts = [text] if text else [BOX_CONCEPTS[0] if side_um <= CELL_BOX_UM else BOX_CONCEPTS[1]]
     else:
         px, py = float(point[0]), float(point[1])
         extent = (px, py, px, py)
@@ -108,19 +117,17 @@ def answer_geometric(model, rgb: np.ndarray, *, text: str | None, box: np.ndarra
     for concept in concepts:
         if not text and concept not in answerable:
             continue
-        side = base * working_mpp(pp, concept) / m_in if not text else base * pp.mpp / m_in
+        # the window side in input px: ``base`` px at the concept's working µm/px (no rescaling without an mpp)
+        side = base * working_mpp(pp, concept) / m_in if mpp is not None else base
         y0, y1, x0, x1 = _window(extent, side, h, w)
         res = run(rgb[y0:y1, x0:x1], concept)
         resolution = res.resolutions[0] if text else None
         if text and not res.resolutions[0].answered:
             return out, 0.0, resolution, "refused"
         mask = res.masks[0]
-        if text:  # the text's category inside the box
-            bx0, by0 = int(np.floor(b[0])) - x0, int(np.floor(b[1])) - y0
-            bx1, by1 = int(np.ceil(b[2])) - x0, int(np.ceil(b[3])) - y0
-            clip = np.zeros_like(mask)
-            clip[max(0, by0):max(0, by1), max(0, bx0):max(0, bx1)] = True
-            out[y0:y1, x0:x1] = mask & clip
+        wb = (b[0] - x0, b[1] - y0, b[2] - x0, b[3] - y0) if box is not None else None
+        if text and box is not None:  # the text's category inside the box
+            out[y0:y1, x0:x1] = mask & _inside(mask.shape, wb)
             return out, float(res.presence[0]), resolution, f"'{concept}' inside the box"
         labels = res.instances[0] if res.instances is not None else None
         if box is None:
@@ -128,24 +135,23 @@ def answer_geometric(model, rgb: np.ndarray, *, text: str | None, box: np.ndarra
             obj = _object_near(labels, mask, cx, cy, NEAR_UM / m_in)
             if obj.any():
                 out[y0:y1, x0:x1] = obj
-                return out, 1.0, None, f"the '{concept}' instance under the point"
+                return out, 1.0, resolution, f"the '{concept}' instance under the point"
             continue
-        wb = (b[0] - x0, b[1] - y0, b[2] - x0, b[3] - y0)
-        ids = [int(i) for i in np.unique(labels) if i] if labels is not None else []
-        cands = [labels == i for i in ids] if ids else ([mask] if mask.any() else [])
-        scores = [_bbox_iou(c, wb) for c in cands]
+        from scipy import ndimage as ndi
+
+        if labels is None or not labels.any():
+            labels, _ = ndi.label(mask)
+        slices = ndi.find_objects(labels)
+        scores = [_box_iou(sl, wb) if sl is not None else 0.0 for sl in slices]
         if scores and max(scores) > 0:
-            obj = cands[int(np.argmax(scores))]
-            clip = np.zeros_like(obj)
-            clip[max(0, int(np.floor(wb[1]))):max(0, int(np.ceil(wb[3]))),
-                 max(0, int(np.floor(wb[0]))):max(0, int(np.ceil(wb[2])))] = True
-            out[y0:y1, x0:x1] = obj & clip
-            return out, 1.0, None, f"the '{concept}' instance that best fills the box"
-    return out, 0.0, None, f"no {' or '.join(concepts) or 'instance concept'} under the prompt"
+            obj = labels == int(np.argmax(scores)) + 1
+            out[y0:y1, x0:x1] = obj & _inside(obj.shape, wb)
+            return out, 1.0, resolution, f"the '{concept}' instance that best fills the box"
+    return out, 0.0, resolution if text else None, f"no {' or '.join(concepts) or 'instance concept'} under the prompt"
 
 
 def segment_by_instances(model, rgb: np.ndarray, prompts: list[str], names: list[str], geo_boxes, geo_points,
-                         mpp: float | None, run: Callable, cell_box_um: float, estimate=None):
+                         mpp: float | None, run: Callable, estimate=None):
     """Every row of a ``segment`` call with points/boxes answered by :func:`answer_geometric`; returns the
     :class:`~.result.SegmentationResult` (``probs`` are the binary masks; ``resolutions[i].reason`` says how
     each prompt was answered)."""
@@ -168,7 +174,7 @@ def segment_by_instances(model, rgb: np.ndarray, prompts: list[str], names: list
             point = geo_points[0][i][fg[0] if len(fg) else 0]
         text = prompts[i] if prompts else None
         mask, pres, res, how = answer_geometric(model, rgb, text=text, box=box, point=point, mpp=mpp, run=run,
-                                                answerable=answerable, cell_box_um=cell_box_um)
+                                                answerable=answerable)
         masks[i], presence[i] = mask, pres
         reason = f"geometric_mode 'instances': {how}"
         resolutions.append(replace(res, reason=(res.reason + "; " if res.reason else "") + reason) if res is not None

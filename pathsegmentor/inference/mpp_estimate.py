@@ -128,15 +128,13 @@ def estimate_mpp(images: np.ndarray | Sequence[np.ndarray], *, patches: int = PA
     if not crops:
         sizes = [im.shape[:2] for im in images]
         raise MppEstimateError(f"mpp auto: the image ({sizes}) is smaller than {mf.MIN_PATCH} px a side; {_FIX}.")
-    from skimage.color import rgb2hed
-
-    diam = [mf.object_diameters(rgb2hed(c)[..., 0]) for c in crops]
+    feats, diam = zip(*(mf.patch_measurements(c) for c in crops))
     nuclei = int(sum(len(d) for d in diam))
     if nuclei < MIN_NUCLEI:
         raise MppEstimateError(f"mpp auto: only {nuclei} nuclei found in {len(crops)} patches (need {MIN_NUCLEI}): "
                                f"too little tissue, or not H&E, to estimate the pixel size; {_FIX}.")
     reg = regressor or default_regressor()
-    logs = reg(np.stack([mf.patch_features(c) for c in crops]).astype(np.float64))
+    logs = reg(np.stack(feats).astype(np.float64))
     log_m = float(np.median(logs))
     m = math.exp(log_m)
     spread = 1.2533 * float(np.std(logs)) / math.sqrt(len(logs))  # sampling error of the median

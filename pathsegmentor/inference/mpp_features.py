@@ -57,6 +57,11 @@ def object_diameters(hema: np.ndarray, min_area: int = 12, max_area: int = 6000)
 
 def patch_features(rgb: np.ndarray) -> np.ndarray:
     """``uint8 [S, S, 3]`` RGB patch (``MIN_PATCH <= S <= PATCH``) -> ``float32 [FEATURES]``."""
+    return patch_measurements(rgb)[0]
+
+
+def patch_measurements(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`patch_features` and the haematoxylin object diameters (px) they were computed from."""
     from skimage.color import rgb2hed
 
     if rgb.ndim != 3 or rgb.shape[0] != rgb.shape[1] or not MIN_PATCH <= rgb.shape[0] <= PATCH:
@@ -67,7 +72,7 @@ def patch_features(rgb: np.ndarray) -> np.ndarray:
     d = object_diameters(h)
     q = np.log(np.percentile(d, [10, 25, 50, 75, 90])) if len(d) >= 5 else np.full(5, np.nan)
     density = np.log1p(len(d) / rgb.shape[0] ** 2 * 1e4)
-    return np.concatenate([log_spectrum(h), stain, log_spectrum(e), q, [density]]).astype(np.float32)
+    return np.concatenate([log_spectrum(h), stain, log_spectrum(e), q, [density]]).astype(np.float32), d
 
 
 def sample_patches(images: list[np.ndarray], count: int, rng: np.random.Generator) -> list[np.ndarray]:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .geometric_instances import check_geometric_mode, segment_by_instances
+from .geometric_instances import CELL_BOX_UM, check_geometric_mode, segment_by_instances
 from .image_io import ImageInput, resize_rgb, to_rgb_uint8
 from .prompts import check_vocabulary, geometric, resolve_prompts
 from .result import SegmentationResult
@@ -87,8 +87,7 @@ def segment_image(model: "PathSegmentor", image: ImageInput, prompts: str | Sequ
                                  presence_threshold=presence_threshold, hires=hires, tile_overlap=tile_overlap,
                                  vocabulary=vocabulary, instances="auto" if instances == "none" else instances, tta=tta)
 
-        return segment_by_instances(model, rgb, prompts, names, geo_boxes, geo_points, mpp, run, CELL_BOX_UM,
-                                    estimate)
+        return segment_by_instances(model, rgb, prompts, names, geo_boxes, geo_points, mpp, run, estimate)
     resolutions = resolve_prompts(model, prompts, vocabulary) if prompts else [geometric(nm) for nm in names]
     decoder = inf.instances if instances == "auto" else instances
     want_instances = [bool(prompts) and r.answered and instances != "none" and is_instance_concept(r.answered_as)
@@ -149,9 +148,6 @@ def _geometric_inputs(points, point_labels, boxes):
     n_geo = max(x.shape[0] if x is not None else 0 for x in (geo_boxes, geo_points[0] if geo_points else None))
     return geo_boxes, geo_points, n_geo
 
-
-# a box alone whose longer side is at most this many µm frames a cell, so it runs at the cells' resolution
-CELL_BOX_UM = 25.0
 
 
 def _groups(model, resolutions, text: bool, mpp: float | None, boxes=None) -> list[tuple[float, list[int]]]:
