@@ -66,6 +66,24 @@ def calibrate(pairs: Sequence[Pair]) -> tuple[float, float]:
     return best
 
 
+def asked_prompts(sample: dict, ontology, rng: np.random.Generator, *, phrases: Sequence[str], n_phrases: int = 2,
+                  n_organ: int = 2) -> list[tuple[str, str, bool]]:
+    """``(prompt, kind, truth)`` for one corpus sample: its annotated categories (truth: mask non-empty), its
+    certain absent categories (``negatives``), ``n_phrases`` of ``phrases`` and ``n_organ`` concepts of another
+    organ (both drawn with ``rng``); ``kind`` is positive | exhaustive | phrase | organ."""
+    from ..training.prompt_sampling import other_organ_concepts
+
+    targets = sample["targets"]
+    asked = [(lb, "positive", bool(np.asarray(targets[lb]).any())) for lb in sorted(targets)]
+    asked += [(n, "exhaustive", False) for n in sample.get("negatives", []) if n not in targets]
+    for j in rng.choice(len(phrases), min(n_phrases, len(phrases)), replace=False):
+        asked.append((str(phrases[j]), "phrase", False))
+    organ = [c for c in other_organ_concepts(ontology, sample.get("region", "")) if c not in targets]
+    for j in rng.choice(len(organ), min(n_organ, len(organ)), replace=False) if organ else []:
+        asked.append((organ[j], "organ", False))
+    return asked
+
+
 def presence_pairs(model, corpus, split: str, *, phrases: Sequence[str], n_phrases: int = 2, n_organ: int = 2,
                    sources: Sequence[str] = (), limit: int = 0, per_source: int = 0, seed: int = 0,
                    progress: bool = True) -> list[Pair]:
@@ -73,8 +91,6 @@ def presence_pairs(model, corpus, split: str, *, phrases: Sequence[str], n_phras
     ``segment()`` call per image; ``limit``: the first N images; ``per_source``: at most N images of each
     source, evenly spaced over its images (a cheaper pass that keeps every source)."""
     from tqdm.auto import tqdm
-
-    from ..training.prompt_sampling import other_organ_concepts
 
     rng = np.random.default_rng(seed)
     table = corpus.images[split]
@@ -90,15 +106,7 @@ def presence_pairs(model, corpus, split: str, *, phrases: Sequence[str], n_phras
     pairs: list[Pair] = []
     for i in tqdm(idx, desc=f"presence {split}", disable=not progress):
         s = corpus.sample(split, i)
-        labels = sorted(s["targets"])
-        asked: list[tuple[str, str, bool]] = [(lb, "positive", bool(np.asarray(s["targets"][lb]).any()))
-                                               for lb in labels]
-        asked += [(n, "exhaustive", False) for n in s.get("negatives", []) if n not in s["targets"]]
-        for j in rng.choice(len(phrases), min(n_phrases, len(phrases)), replace=False):
-            asked.append((str(phrases[j]), "phrase", False))
-        organ = [c for c in other_organ_concepts(corpus.ontology, s.get("region", "")) if c not in s["targets"]]
-        for j in rng.choice(len(organ), min(n_organ, len(organ)), replace=False) if organ else []:
-            asked.append((organ[j], "organ", False))
+        asked = asked_prompts(s, corpus.ontology, rng, phrases=phrases, n_phrases=n_phrases, n_organ=n_organ)
         res = model.segment(s["image"], [a[0] for a in asked], mpp=s.get("mpp"), vocabulary="open", instances="none")
         for k, (prompt, kind, truth) in enumerate(asked):
             pairs.append(Pair(str(s.get("image_id", i)), str(s.get("source", "")), prompt, kind, truth,

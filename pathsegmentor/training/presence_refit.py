@@ -1,0 +1,298 @@
+"""Refit the presence head alone on a trained model's own decoder features (everything else frozen).
+
+    python -m pathsegmentor.training.presence_refit MODEL_DIR --data CORPUS --out NEW_MODEL_DIR
+
+Why: the presence head is a 3-layer MLP over ``[prompt token, mask token]`` (512 values) after the two-way
+transformer. In the joint run it saw few certain negatives of some kinds (43 Normal EBHI-Seg crops are the
+only images where "tumor" is certainly absent), so it answered "tumor" on Normal biopsies. Those features
+are cheap to collect once and the head is cheap to refit, without touching the masks.
+
+Steps (all on the corpus' **train** split; validation is never read):
+
+1. **Collect**: for each train image, the prompts of :func:`pathsegmentor.evaluation.presence.asked_prompts`
+   (annotated categories, certain absent categories, out-of-pathology phrases from the train list, another
+   organ's concepts), sent through ``model.segment(..., vocabulary="open")``; a forward hook on the presence
+   head records each prompt's 512-d input. Sources whose pixel size is estimated (``views_none``) are also
+   run with the pixel size unknown (``mpp=None``), as a user with such images would.
+2. **Select** the number of epochs on a hold-out of train *cases* (grouped by ``patient_id``): the epoch
+   count with the best balanced log-loss there.
+3. **Fit** the head from its current weights on all train features for that many epochs: BCE, every
+   (source, truth) cell weighted equally, an L2 pull toward the initial weights.
+4. **Write** ``NEW_MODEL_DIR``: the config copied, ``model.safetensors`` with only ``presence_head.*``
+   replaced, and ``presence_refit.json`` (data counts, selection curve, hold-out figures). Recalibrate the
+   threshold afterwards with ``python -m pathsegmentor.evaluation.presence NEW_MODEL_DIR --write``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+HEAD_PREFIX = "mask_decoder.presence_head."
+
+
+@dataclass
+class PresenceFeatures:
+    """``x float32 [N, D]`` presence-head inputs, ``y bool [N]`` truths, and per row its source, kind, prompt,
+    group (case id), view (``"corpus"`` or ``"none"``) and the current head's presence."""
+
+    x: np.ndarray
+    y: np.ndarray
+    source: list[str] = field(default_factory=list)
+    kind: list[str] = field(default_factory=list)
+    prompt: list[str] = field(default_factory=list)
+    group: list[str] = field(default_factory=list)
+    view: list[str] = field(default_factory=list)
+    presence: list[float] = field(default_factory=list)
+
+
+def capture_presence_inputs(model, image: np.ndarray, prompts: Sequence[str], *, mpp) -> tuple[np.ndarray, np.ndarray]:
+    """``(features float32 [n, D], presence float32 [n])`` for ``prompts`` on ``image``: the presence head's
+    input that produced each prompt's reported presence (rows NaN where no decoder call matches it, e.g. a
+    blank input answered without the decoder)."""
+    rows: list[tuple[torch.Tensor, torch.Tensor]] = []
+    hook = model.mask_decoder.presence_head.register_forward_hook(
+        lambda _m, inp, out: rows.append((inp[0].detach().float(), torch.sigmoid(out.detach().float().reshape(-1)))))
+    try:
+        res = model.segment(image, list(prompts), mpp=mpp, vocabulary="open", instances="none")
+    finally:
+        hook.remove()
+    n = len(prompts)
+    dim = model.mask_decoder.presence_head.layers[0].in_features
+    feats = np.full((n, dim), np.nan, np.float32)
+    if rows:
+        x = torch.cat([r[0] for r in rows]).numpy()
+        p = torch.cat([r[1] for r in rows]).numpy()
+        for k in range(n):
+            d = np.abs(p - res.presence[k])
+            j = int(np.argmin(d))
+            if d[j] <= 1e-5:
+                feats[k] = x[j]
+    return feats, np.asarray(res.presence, np.float32)
+
+
+def collect_features(model, corpus, *, split: str = "train", phrases: Sequence[str], views_none: Sequence[str] = (),
+                     n_phrases: int = 4, n_organ: int = 3, per_source: int = 0, seed: int = 0,
+                     progress: bool = True) -> PresenceFeatures:
+    """Presence-head inputs for every image of ``split`` (``per_source``: at most N per source, evenly
+    spaced) under the prompts of :func:`~pathsegmentor.evaluation.presence.asked_prompts`."""
+    from tqdm.auto import tqdm
+
+    from ..evaluation.presence import asked_prompts
+
+    rng = np.random.default_rng(seed)
+    table = corpus.images[split]
+    by: dict[str, list[int]] = {}
+    for i in range(len(table)):
+        by.setdefault(table["source"][i], []).append(i)
+    idx = sorted(j for v in by.values() for j in
+                 (v if not per_source or len(v) <= per_source else
+                  [v[int(k)] for k in np.linspace(0, len(v) - 1, per_source)]))
+    xs: list[np.ndarray] = []
+    out = PresenceFeatures(np.zeros((0, 0), np.float32), np.zeros(0, bool))
+    ys: list[bool] = []
+    for i in tqdm(idx, desc=f"presence features {split}", disable=not progress):
+        s = corpus.sample(split, i)
+        asked = asked_prompts(s, corpus.ontology, rng, phrases=phrases, n_phrases=n_phrases, n_organ=n_organ)
+        views = [("corpus", s.get("mpp"))] + ([("none", None)] if s["source"] in views_none else [])
+        for view, mpp in views:
+            feats, pres = capture_presence_inputs(model, s["image"], [a[0] for a in asked], mpp=mpp)
+            for k, (prompt, kind, truth) in enumerate(asked):
+                if np.isnan(feats[k]).any():
+                    continue
+                xs.append(feats[k])
+                ys.append(truth)
+                out.source.append(str(s["source"]))
+                out.kind.append(kind)
+                out.prompt.append(prompt)
+                out.group.append(str(s.get("patient_id") or s.get("sample_id") or s.get("image_id")))
+                out.view.append(view)
+                out.presence.append(float(pres[k]))
+    out.x = np.stack(xs).astype(np.float32) if xs else np.zeros((0, 0), np.float32)
+    out.y = np.asarray(ys, bool)
+    return out
+
+
+def cell_weights(source: Sequence[str], y: np.ndarray) -> np.ndarray:
+    """``float32 [N]``: every (source, truth) cell gets the same total weight; mean weight 1."""
+    keys = [f"{s}|{int(t)}" for s, t in zip(source, y)]
+    uniq, inv, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    w = (1.0 / counts[inv]).astype(np.float32)
+    return w * (len(w) / w.sum())
+
+
+def balanced_log_loss(head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((F.binary_cross_entropy_with_logits(head(x).squeeze(-1), y, reduction="none") * w).sum() / w.sum())
+
+
+def fit_head(head: torch.nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarray, *, epochs: int, lr: float = 1e-3,
+             l2: float = 1e-3, batch_size: int = 256, seed: int = 0,
+             eval_set: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> tuple[torch.nn.Module, list[float]]:
+    """A copy of ``head`` trained on ``(x, y)`` with per-row weights ``w`` (AdamW, BCE, ``l2`` * squared
+    distance to the initial weights); returns it and, with ``eval_set``, the weighted log-loss after each
+    epoch (index 0: before training)."""
+    torch.manual_seed(seed)
+    head = copy.deepcopy(head).float().train()
+    init = [p.detach().clone() for p in head.parameters()]
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0)
+    xt, yt, wt = torch.from_numpy(x), torch.from_numpy(y.astype(np.float32)), torch.from_numpy(w)
+    ev = None if eval_set is None else tuple(torch.from_numpy(np.asarray(a, np.float32)) for a in eval_set)
+    curve = [balanced_log_loss(head, *ev)] if ev else []
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        perm = torch.randperm(len(xt), generator=gen)
+        for b in range(0, len(perm), batch_size):
+            sel = perm[b:b + batch_size]
+            loss = (F.binary_cross_entropy_with_logits(head(xt[sel]).squeeze(-1), yt[sel], reduction="none")
+                    * wt[sel]).sum() / wt[sel].sum()
+            loss = loss + l2 * sum(((p - q) ** 2).sum() for p, q in zip(head.parameters(), init))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if ev:
+            curve.append(balanced_log_loss(head, *ev))
+    return head.eval(), curve
+
+
+def grouped_holdout(groups: Sequence[str], fraction: float, seed: int) -> np.ndarray:
+    """``bool [N]``: rows whose group falls in a random ``fraction`` of the groups."""
+    uniq = sorted(set(groups))
+    rng = np.random.default_rng(seed)
+    held = set(rng.choice(uniq, max(1, int(round(fraction * len(uniq)))), replace=False).tolist())
+    return np.array([g in held for g in groups])
+
+
+@dataclass
+class RefitConfig:
+    max_epochs: int = 60
+    lr: float = 1e-3
+    l2: float = 1e-3
+    holdout_fraction: float = 0.25
+    seed: int = 0
+
+
+def refit(head: torch.nn.Module, feats: PresenceFeatures, cfg: RefitConfig) -> tuple[torch.nn.Module, dict]:
+    """Choose the epoch count on a grouped hold-out of ``feats``, then fit on all of them (see the module
+    docstring); returns the new head and a report."""
+    from ..evaluation.presence import calibrate, Pair
+
+    w = cell_weights(feats.source, feats.y)
+    held = grouped_holdout([f"{s}|{g}" for s, g in zip(feats.source, feats.group)], cfg.holdout_fraction, cfg.seed)
+    tr = ~held
+    _, curve = fit_head(head, feats.x[tr], feats.y[tr], cell_weights(np.asarray(feats.source)[tr], feats.y[tr]),
+                        epochs=cfg.max_epochs, lr=cfg.lr, l2=cfg.l2, seed=cfg.seed,
+                        eval_set=(feats.x[held], feats.y[held], cell_weights(np.asarray(feats.source)[held],
+                                                                             feats.y[held])))
+    best_epochs = int(np.argmin(curve))
+    new, _ = fit_head(head, feats.x, feats.y, w, epochs=best_epochs, lr=cfg.lr, l2=cfg.l2, seed=cfg.seed)
+
+    def holdout_mcc(h: torch.nn.Module) -> float:
+        with torch.no_grad():
+            p = torch.sigmoid(h(torch.from_numpy(feats.x[held])).squeeze(-1)).numpy()
+        pairs = [Pair("", s, "", k, bool(t), float(v), False) for s, k, t, v in
+                 zip(np.asarray(feats.source)[held], np.asarray(feats.kind)[held], feats.y[held], p)]
+        return round(calibrate(pairs)[1], 4)
+
+    sel_head, _ = fit_head(head, feats.x[tr], feats.y[tr], cell_weights(np.asarray(feats.source)[tr], feats.y[tr]),
+                           epochs=best_epochs, lr=cfg.lr, l2=cfg.l2, seed=cfg.seed)
+    report = {"config": asdict(cfg), "rows": int(len(feats.y)), "positives": int(feats.y.sum()),
+              "holdout_rows": int(held.sum()), "epochs": best_epochs,
+              "holdout_log_loss": [round(c, 4) for c in curve],
+              "holdout_mcc_before": holdout_mcc(head), "holdout_mcc_after": holdout_mcc(sel_head),
+              "counts": _counts(feats)}
+    return new, report
+
+
+def _counts(feats: PresenceFeatures) -> dict[str, int]:
+    keys = [f"{s}/{v}/{k}/{'pos' if t else 'neg'}" for s, v, k, t in zip(feats.source, feats.view, feats.kind, feats.y)]
+    u, c = np.unique(keys, return_counts=True)
+    return {str(a): int(b) for a, b in zip(u, c)}
+
+
+def write_model(src_dir: Path, out_dir: Path, head: torch.nn.Module, report: dict) -> Path:
+    """``out_dir``: ``src_dir``'s config and weights with ``presence_head.*`` replaced, plus the report."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(src_dir / "model.safetensors"))
+    new = {HEAD_PREFIX + k: v.detach().to(state[HEAD_PREFIX + k].dtype).contiguous() for k, v in head.state_dict().items()}
+    missing = sorted(set(new) - set(state))
+    if missing:
+        raise KeyError(f"{src_dir}/model.safetensors has no {missing}; is it a pathsegmentor model with a presence head?")
+    state.update(new)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "model.safetensors.tmp"
+    save_file(state, str(tmp), metadata={"format": "pt", "presence_refit": "1"})
+    shutil.copyfile(src_dir / "config.json", out_dir / "config.json")
+    tmp.replace(out_dir / "model.safetensors")
+    (out_dir / "presence_refit.json").write_text(json.dumps(report, indent=1) + "\n")
+    return out_dir
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pathsegmentor.training.presence_refit",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("model", help="model dir (config.json + model.safetensors)")
+    ap.add_argument("--data", required=True, help="PathSeg corpus (its train split is used)")
+    ap.add_argument("--out", required=True, help="new model dir to write")
+    ap.add_argument("--views-none", nargs="*", default=["ebhi_seg"],
+                    help="sources also run with the pixel size unknown (default: ebhi_seg, whose mpp is estimated)")
+    ap.add_argument("--per-source", type=int, default=0, help="at most N train images per source")
+    ap.add_argument("--features", default=None, help="cache the collected features in this .npz (reused if present)")
+    ap.add_argument("--max-epochs", type=int, default=RefitConfig.max_epochs)
+    ap.add_argument("--lr", type=float, default=RefitConfig.lr)
+    ap.add_argument("--l2", type=float, default=RefitConfig.l2)
+    args = ap.parse_args(argv)
+
+    from data_builders import load_pathseg
+
+    from ..modeling.factory import from_pretrained
+    from .prompt_sampling import negative_phrases
+
+    src, out = Path(args.model), Path(args.out)
+    if not (src / "config.json").is_file() or not (src / "model.safetensors").is_file():
+        print(f"error: '{src}' is not a model directory (config.json + model.safetensors); pass a trained model's "
+              f"folder, e.g. pathsegmentor/weights/pathsegmentor-tiny", file=sys.stderr)
+        return 2
+    if out.resolve() == src.resolve():
+        print(f"error: --out '{out}' is the input model; write the refit model to a new folder", file=sys.stderr)
+        return 2
+    if not Path(args.data).is_dir():
+        print(f"error: corpus directory not found: '{args.data}'. Build it with pathseg-build.", file=sys.stderr)
+        return 2
+    model = from_pretrained(str(src)).eval()
+    cache = Path(args.features) if args.features else None
+    if cache is not None and cache.is_file():
+        z = np.load(cache, allow_pickle=False)
+        feats = PresenceFeatures(z["x"], z["y"], *[z[k].tolist() for k in
+                                                    ("source", "kind", "prompt", "group", "view", "presence")])
+    else:
+        corpus = load_pathseg(args.data)
+        with torch.no_grad():
+            feats = collect_features(model, corpus, phrases=negative_phrases()["train"], views_none=args.views_none,
+                                     per_source=args.per_source)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cache, x=feats.x, y=feats.y, **{k: np.asarray(getattr(feats, k)) for k in
+                                                      ("source", "kind", "prompt", "group", "view", "presence")})
+    cfg = RefitConfig(max_epochs=args.max_epochs, lr=args.lr, l2=args.l2)
+    head, report = refit(model.mask_decoder.presence_head, feats, cfg)
+    report["source_model"] = str(src)
+    write_model(src, out, head, report)
+    print(json.dumps({k: report[k] for k in ("rows", "positives", "epochs", "holdout_mcc_before", "holdout_mcc_after")}))
+    print(f"refit model written to {out}; calibrate its threshold next: "
+          f"python -m pathsegmentor.evaluation.presence {out} --data {args.data} --split train --write")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
