@@ -22,7 +22,7 @@ def test_captured_features_reproduce_the_reported_presence(test_model):
     np.testing.assert_allclose(again, pres, atol=1e-5)
 
 
-def test_cell_weights_give_each_source_and_truth_the_same_total():
+def test_cell_weights_give_each_cell_the_same_total():
     from pathsegmentor.training.presence_refit import cell_weights
 
     src = ["a"] * 8 + ["b"] * 2
@@ -31,6 +31,9 @@ def test_cell_weights_give_each_source_and_truth_the_same_total():
     totals = {(s, t): w[[i for i in range(10) if src[i] == s and y[i] == t]].sum() for s, t in
               [("a", 1), ("a", 0), ("b", 1), ("b", 0)]}
     assert np.allclose(list(totals.values()), 2.5) and w.mean() == pytest.approx(1.0)
+    kind = ["positive"] * 6 + ["phrase", "exhaustive", "positive", "phrase"]
+    w3 = cell_weights(src, kind, y)  # the one exhaustive negative weighs as much as the one phrase negative of 'a'
+    assert w3[6] == pytest.approx(w3[7]) and w3[6] == pytest.approx(w3[8])
 
 
 def test_fit_learns_a_separable_problem_and_l2_holds_it_near_the_start(test_model):

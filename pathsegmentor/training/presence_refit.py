@@ -17,7 +17,8 @@ Steps (all on the corpus' **train** split; validation is never read):
 2. **Select** the number of epochs on a hold-out of train *cases* (grouped by ``patient_id``): the epoch
    count with the best balanced log-loss there.
 3. **Fit** the head from its current weights on all train features for that many epochs: BCE, every
-   (source, truth) cell weighted equally, an L2 pull toward the initial weights.
+   (source, kind, truth) cell weighted equally (the few certain diagnosis negatives are not outweighed by the
+   many easy phrase negatives), an L2 pull toward the initial weights.
 4. **Write** ``NEW_MODEL_DIR``: the config copied, ``model.safetensors`` with only ``presence_head.*``
    replaced, and ``presence_refit.json`` (data counts, selection curve, hold-out figures). Recalibrate the
    threshold afterwards with ``python -m pathsegmentor.evaluation.presence NEW_MODEL_DIR --write``.
@@ -122,10 +123,11 @@ def collect_features(model, corpus, *, split: str = "train", phrases: Sequence[s
     return out
 
 
-def cell_weights(source: Sequence[str], y: np.ndarray) -> np.ndarray:
-    """``float32 [N]``: every (source, truth) cell gets the same total weight; mean weight 1."""
-    keys = [f"{s}|{int(t)}" for s, t in zip(source, y)]
-    uniq, inv, counts = np.unique(keys, return_inverse=True, return_counts=True)
+def cell_weights(*columns: Sequence) -> np.ndarray:
+    """``float32 [N]``: every cell of the given columns (e.g. source, kind, truth) gets the same total weight;
+    mean weight 1."""
+    keys = ["|".join(str(c) for c in row) for row in zip(*columns)]
+    _, inv, counts = np.unique(keys, return_inverse=True, return_counts=True)
     w = (1.0 / counts[inv]).astype(np.float32)
     return w * (len(w) / w.sum())
 
@@ -186,13 +188,13 @@ def refit(head: torch.nn.Module, feats: PresenceFeatures, cfg: RefitConfig) -> t
     docstring); returns the new head and a report."""
     from ..evaluation.presence import calibrate, Pair
 
-    w = cell_weights(feats.source, feats.y)
+    src, kind = np.asarray(feats.source), np.asarray(feats.kind)
+    w = cell_weights(src, kind, feats.y)
     held = grouped_holdout([f"{s}|{g}" for s, g in zip(feats.source, feats.group)], cfg.holdout_fraction, cfg.seed)
     tr = ~held
-    _, curve = fit_head(head, feats.x[tr], feats.y[tr], cell_weights(np.asarray(feats.source)[tr], feats.y[tr]),
-                        epochs=cfg.max_epochs, lr=cfg.lr, l2=cfg.l2, seed=cfg.seed,
-                        eval_set=(feats.x[held], feats.y[held], cell_weights(np.asarray(feats.source)[held],
-                                                                             feats.y[held])))
+    w_tr, w_held = cell_weights(src[tr], kind[tr], feats.y[tr]), cell_weights(src[held], kind[held], feats.y[held])
+    _, curve = fit_head(head, feats.x[tr], feats.y[tr], w_tr, epochs=cfg.max_epochs, lr=cfg.lr, l2=cfg.l2,
+                        seed=cfg.seed, eval_set=(feats.x[held], feats.y[held], w_held))
     best_epochs = int(np.argmin(curve))
     new, _ = fit_head(head, feats.x, feats.y, w, epochs=best_epochs, lr=cfg.lr, l2=cfg.l2, seed=cfg.seed)
 
@@ -203,8 +205,7 @@ def refit(head: torch.nn.Module, feats: PresenceFeatures, cfg: RefitConfig) -> t
                  zip(np.asarray(feats.source)[held], np.asarray(feats.kind)[held], feats.y[held], p)]
         return round(calibrate(pairs)[1], 4)
 
-    sel_head, _ = fit_head(head, feats.x[tr], feats.y[tr], cell_weights(np.asarray(feats.source)[tr], feats.y[tr]),
-                           epochs=best_epochs, lr=cfg.lr, l2=cfg.l2, seed=cfg.seed)
+    sel_head, _ = fit_head(head, feats.x[tr], feats.y[tr], w_tr, epochs=best_epochs, lr=cfg.lr, l2=cfg.l2, seed=cfg.seed)
     report = {"config": asdict(cfg), "rows": int(len(feats.y)), "positives": int(feats.y.sum()),
               "holdout_rows": int(held.sum()), "epochs": best_epochs,
               "holdout_log_loss": [round(c, 4) for c in curve],
