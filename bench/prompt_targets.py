@@ -44,9 +44,11 @@ def _mean(xs: list[float]) -> float | None:
 
 
 def run(model, corpus, split: str, *, objects: int = 3, limit: int = 0, seed: int = 0,
-        geometric_only: bool = False) -> dict:
+        geometric_only: bool = False, sources: list[str] | None = None) -> dict:
     if geometric_only:
-        return geometric_figures(model, corpus, split, objects=objects, limit=limit, seed=seed)
+        return geometric_figures(model, corpus, split, objects=objects, limit=limit, seed=seed, sources=sources)
+    if sources:
+        raise ValueError("--source filters the geometric figures only; add --geometric-only")
     from pathsegmentor.evaluation.metrics import confusion, scores
     from pathsegmentor.evaluation.presence import presence_pairs, summarize_pairs
     from pathsegmentor.training.prompt_sampling import negative_phrases
@@ -88,12 +90,15 @@ def run(model, corpus, split: str, *, objects: int = 3, limit: int = 0, seed: in
     return out
 
 
-def geometric_figures(model, corpus, split: str, *, objects: int = 3, limit: int = 0, seed: int = 0) -> dict:
-    """A box around one gland (GlaS) and a point inside one nucleus (MoNuSeg): mean IoU with the object."""
+def geometric_figures(model, corpus, split: str, *, objects: int = 3, limit: int = 0, seed: int = 0,
+                      sources: list[str] | None = None) -> dict:
+    """A box around one gland (GlaS) and a point inside one nucleus (MoNuSeg): mean IoU with the object
+    (``sources``: only images of these sources; ``limit`` counts those)."""
     rng = np.random.default_rng(seed)
     table = corpus.images[split]
+    rows = [i for i in range(len(table)) if not sources or table["source"][i] in sources]
     box_iou, box_inside, point_iou = [], [], []
-    for i in _indices(table, limit):
+    for i in rows[:limit] if limit else rows:
         s = corpus.sample(split, i)
         src = s.get("source", "")
         kind = {"glas": ("gland", "box"), "monuseg": ("nuclei", "point")}.get(src)
@@ -134,7 +139,10 @@ def main(argv=None) -> int:
                     help="override the model's inference.geometric_window (px; 0: the whole image when it fits)")
     ap.add_argument("--geometric-mode", choices=("learned", "instances"), default=None,
                     help="override the model's inference.geometric_mode")
+    ap.add_argument("--geometric-box", default=None,
+                    help="override the model's inference.geometric_box (how a box alone picks its object)")
     ap.add_argument("--geometric-only", action="store_true", help="only the box and point figures")
+    ap.add_argument("--source", action="append", default=[], help="only images of this source (repeatable)")
     args = ap.parse_args(argv)
     import torch
 
@@ -147,10 +155,16 @@ def main(argv=None) -> int:
         model.config.inference.geometric_window = args.geometric_window
     if args.geometric_mode is not None:
         model.config.inference.geometric_mode = args.geometric_mode
+    if args.geometric_box is not None:
+        from pathsegmentor.inference.geometric_instances import check_geometric_box
+
+        check_geometric_box(args.geometric_box)
+        model.config.inference.geometric_box = args.geometric_box
     print(json.dumps({"model": model.name, "split": args.split,
                       "geometric_mode": getattr(model.config.inference, "geometric_mode", "learned"),
+                      "geometric_box": getattr(model.config.inference, "geometric_box", "best_instance"),
                       **run(model, load_pathseg(args.data), args.split, objects=args.objects, limit=args.limit,
-                             geometric_only=args.geometric_only)},
+                             geometric_only=args.geometric_only, sources=args.source)},
                      indent=2))
     return 0
 

@@ -91,3 +91,27 @@ def test_segment_with_geometric_mode_instances_reports_how(test_model, monkeypat
     monkeypatch.setattr(test_model.config.inference, "geometric_mode", "magic")
     with pytest.raises(ValueError, match="geometric_mode is 'magic'.*instances"):
         test_model.segment(img, points=np.array([[[40.0, 40.0]]]), point_labels=np.array([[1]]))
+
+
+def test_box_rules_pick_the_boxed_object_by_instances_or_mask_parts():
+    from pathsegmentor.inference.geometric_instances import BOX_RULES, box_object
+
+    # one gland split into two instances (left/right parts), a neighbour poking into the box's corner
+    labels = np.zeros((40, 40), np.int32)
+    labels[12:30, 12:20], labels[12:30, 20:30] = 1, 2
+    labels[0:12, 0:12] = 3
+    mask = labels > 0
+    box = (10.0, 10.0, 30.0, 30.0)
+    gland = np.zeros((40, 40), bool)
+    gland[12:30, 12:30] = True
+    best = box_object(labels, mask, box, "best_instance")
+    assert (best == (labels == 2)).all()  # the larger part only: a split gland costs this rule the rest
+    contained = box_object(labels, mask, box, "contained_instances")
+    assert (contained == gland).all()  # both parts, not the neighbour (4 of its 144 px inside)
+    assert box_object(labels, mask, box, "mask").sum() == 324 + 4  # the neighbour's corner comes along
+    assert (box_object(labels, mask, box, "component") == gland).all()  # the corner does not touch the gland
+    assert box_object(labels, np.zeros_like(mask), box, "mask") is None
+    assert box_object(np.zeros_like(labels), np.zeros_like(mask), box, "contained_instances") is None
+    with pytest.raises(ValueError, match="geometric_box is 'nearest'.*best_instance"):
+        box_object(labels, mask, box, "nearest")
+    assert set(BOX_RULES) == {"best_instance", "contained_instances", "component", "mask"}

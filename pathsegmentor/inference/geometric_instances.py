@@ -8,8 +8,8 @@ model's own text-prompted instances in a window around it:
   nuclei, then glands) under the first foreground point, or the nearest one within :data:`NEAR_UM` µm
   (a click on a rim the predicted mask misses); else an empty mask.
 * **box alone**: the concept is chosen by the box size (a box of at most :data:`CELL_BOX_UM` µm frames a
-  nucleus, a larger one a gland); the instance whose bounding box best overlaps the box (IoU), clipped
-  to the box.
+  nucleus, a larger one a gland); the object is picked by ``inference.geometric_box`` (:data:`BOX_RULES`;
+  default: the instance whose bounding box best overlaps the box), clipped to the box.
 * **text + box**: the text prompt's mask (as ``segment`` answers it) clipped to the box; **text + point**:
   the text's instance under the point.
 
@@ -31,6 +31,51 @@ BOX_CONCEPTS = ("nuclei", "gland")  # (cell-sized box, larger box)
 # a box alone whose longer side is at most this many µm frames a cell (runs at the cells' resolution)
 CELL_BOX_UM = 25.0
 GEOMETRIC_MODES = ("learned", "instances")
+# how a box alone picks its object from the concept's mask and instances in the window (inference.geometric_box)
+BOX_RULES = {
+    "best_instance": "the instance that best fills the box",
+    "contained_instances": "the instances lying mostly inside the box",
+    "component": "the largest connected part of the mask inside the box",
+    "mask": "the mask inside the box",
+}
+CONTAINED_FRACTION = 0.5  # "contained_instances": an instance with at least this fraction of its area inside
+
+
+def check_geometric_box(rule: str) -> None:
+    if rule not in BOX_RULES:
+        raise ValueError(f"inference.geometric_box is {rule!r}. Available: "
+                         f"{', '.join(f'{k!r} ({v})' for k, v in BOX_RULES.items())}; set it in the model's config.json")
+
+
+def box_object(labels: np.ndarray | None, mask: np.ndarray, box: tuple[float, float, float, float],
+               rule: str) -> np.ndarray | None:
+    """``bool [h, w]``: the object a box alone selects from a window's ``mask`` (``bool [h, w]``) and instance
+    ``labels`` (``int [h, w]``, 0 background; None: the mask's connected components), clipped to the XYXY
+    ``box``, by ``rule`` (:data:`BOX_RULES`); None when it selects nothing."""
+    from scipy import ndimage as ndi
+
+    check_geometric_box(rule)
+    inside = _inside(mask.shape, box)
+    if rule == "mask":
+        obj = mask & inside
+    elif rule == "component":
+        comps, n = ndi.label(mask & inside)
+        obj = comps == (int(np.argmax(np.bincount(comps.ravel())[1:])) + 1) if n else None
+    else:
+        if labels is None or not labels.any():
+            labels, _ = ndi.label(mask)
+        if not labels.any():
+            return None
+        if rule == "best_instance":
+            scores = [_box_iou(sl, box) if sl is not None else 0.0 for sl in ndi.find_objects(labels)]
+            obj = labels == int(np.argmax(scores)) + 1 if max(scores) > 0 else None
+        else:
+            total = np.bincount(labels.ravel())
+            within = np.bincount(labels[inside].ravel(), minlength=len(total))
+            keep = np.nonzero(within[1:] >= CONTAINED_FRACTION * np.maximum(total[1:], 1))[0] + 1
+            obj = np.isin(labels, keep) if len(keep) else None
+        obj = obj & inside if obj is not None else None
+    return obj if obj is not None and obj.any() else None
 
 
 def check_geometric_mode(mode: str) -> None:
@@ -104,6 +149,7 @@ def answer_geometric(model, rgb: np.ndarray, *, text: str | None, box: np.ndarra
     pp = model.config.preprocess
     m_in = float(mpp) if mpp is not None else float(pp.mpp)
     base = float(getattr(model.config.inference, "geometric_window", 0) or 256)
+    rule = getattr(model.config.inference, "geometric_box", "best_instance")
     out = np.zeros((h, w), bool)
     if box is not None:
         b = tuple(float(v) for v in box)
@@ -137,16 +183,10 @@ def answer_geometric(model, rgb: np.ndarray, *, text: str | None, box: np.ndarra
                 out[y0:y1, x0:x1] = obj
                 return out, 1.0, resolution, f"the '{concept}' instance under the point"
             continue
-        from scipy import ndimage as ndi
-
-        if labels is None or not labels.any():
-            labels, _ = ndi.label(mask)
-        slices = ndi.find_objects(labels)
-        scores = [_box_iou(sl, wb) if sl is not None else 0.0 for sl in slices]
-        if scores and max(scores) > 0:
-            obj = labels == int(np.argmax(scores)) + 1
-            out[y0:y1, x0:x1] = obj & _inside(obj.shape, wb)
-            return out, 1.0, resolution, f"the '{concept}' instance that best fills the box"
+        obj = box_object(labels, mask, wb, rule)
+        if obj is not None:
+            out[y0:y1, x0:x1] = obj
+            return out, 1.0, resolution, f"{BOX_RULES[rule]} ('{concept}')"
     return out, 0.0, resolution if text else None, f"no {' or '.join(concepts) or 'instance concept'} under the prompt"
 
 

@@ -117,6 +117,9 @@ class InferenceConfig:
     # or "instances" (the model's text-prompted instance under the point / best filling the box; see
     # pathsegmentor.inference.geometric_instances)
     geometric_mode: str = "learned"
+    # with geometric_mode "instances", how a box alone picks its object: "best_instance", "contained_instances",
+    # "component" or "mask" (pathsegmentor.inference.geometric_instances.BOX_RULES)
+    geometric_box: str = "best_instance"
 
 
 @dataclass
