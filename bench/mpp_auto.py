@@ -10,8 +10,9 @@ the others by image), and CMU-1-Small-Region.svs (0.499). Each is also resampled
 pixel size becomes mpp/0.6 and mpp/1.6). Prints a table (true, estimate, relative error, within 15 %?)
 and, last, the fraction within 15 %.
 
-``--fit``: every training image resampled to :data:`FIT_SCALES` random scales (log-uniform 0.35-2.5x) and
-read as :data:`FIT_PATCHES` random 256 px patches each; an MLP (log mpp from the patch features) is chosen
+``--fit``: every training image read :data:`FIT_NATIVE` times as it is (scale 1: the sharpness of a real scan,
+which resampling changes) and resampled to :data:`FIT_SCALES` random scales (log-uniform 0.35-2.5x), each
+view read as :data:`FIT_PATCHES` random 256 px patches; an MLP (log mpp from the patch features) is chosen
 among :data:`GRID` by 5-fold cross-validation grouped by image (the validation split is not used), refit
 on all training patches, and saved with its cross-validated error (log-std of the per-image median).
 """
@@ -62,6 +63,8 @@ def rescale(rgb: np.ndarray, s: float) -> np.ndarray:
 
 
 FIT_SCALES = 10
+FIT_NATIVE = 2  # views at scale 1 per image: without them the native images (no resampling) read ~15 % coarse
+FIT_VIEWS = FIT_NATIVE + FIT_SCALES
 FIT_PATCHES = 4
 GRID = [dict(hidden=64, weight_decay=1e-3, dropout=0.1), dict(hidden=32, weight_decay=1e-3, dropout=0.0),
         dict(hidden=128, weight_decay=1e-2, dropout=0.2)]
@@ -76,11 +79,12 @@ def training_features(per_set: int | None) -> tuple[np.ndarray, np.ndarray, np.n
     X, y, g = [], [], []
     for i, (name, p, mpp) in enumerate(images("train", per_set)):
         rgb = load(p)
-        for k, s in enumerate(np.exp(rng.uniform(math.log(0.35), math.log(2.5), FIT_SCALES))):
-            for patch in sample_patches([rescale(rgb, float(s))], FIT_PATCHES, rng):
+        scales = [1.0] * FIT_NATIVE + list(np.exp(rng.uniform(math.log(0.35), math.log(2.5), FIT_SCALES)))
+        for k, s in enumerate(scales):
+            for patch in sample_patches([rgb if s == 1.0 else rescale(rgb, float(s))], FIT_PATCHES, rng):
                 X.append(patch_features(patch))
                 y.append(math.log(mpp / s))
-                g.append(i * FIT_SCALES + k)
+                g.append(i * FIT_VIEWS + k)
         print(f"{name:8s} {p.name}", flush=True)
     return np.array(X, np.float64), np.array(y), np.array(g)
 
@@ -124,7 +128,7 @@ def fit(per_set: int | None) -> None:
 
     torch.set_num_threads(1)
     X, y, g = training_features(per_set)
-    image = g // FIT_SCALES
+    image = g // FIT_VIEWS
     folds = np.random.default_rng(0).permutation(np.unique(image)) % 5
     fold_of = dict(zip(np.unique(image), folds))
     fold = np.array([fold_of[i] for i in image])
@@ -143,8 +147,8 @@ def fit(per_set: int | None) -> None:
     within, params, log_std = best
     tensors = train_mlp(X, y, **params)
     meta.update(cv_log_std=f"{log_std:.4f}", cv_within_15=f"{within:.3f}", params=str(params),
-                fitted_on=f"training split of MoNuSeg/GlaS/CoNSeP, {len(np.unique(image))} images x {FIT_SCALES} "
-                          f"scales x {FIT_PATCHES} patches (bench/mpp_auto.py --fit)")
+                fitted_on=f"training split of MoNuSeg/GlaS/CoNSeP, {len(np.unique(image))} images x ({FIT_NATIVE} native + "
+                          f"{FIT_SCALES} resampled views) x {FIT_PATCHES} patches (bench/mpp_auto.py --fit)")
     save_file(tensors, str(REGRESSOR_FILE), metadata=meta)
     print(f"chosen {params} (cv within 15 %: {within:.3f}, log-std {log_std:.3f}); wrote {REGRESSOR_FILE}")
 

@@ -35,7 +35,7 @@ GEOMETRIC_MODES = ("learned", "instances")
 BOX_RULES = {
     "best_instance": "the instance that best fills the box",
     "contained_instances": "the instances lying mostly inside the box",
-    "component": "the largest connected part of the mask inside the box",
+    "component": "the largest connected part of the mask inside the box, holes filled",
     "mask": "the mask inside the box",
 }
 CONTAINED_FRACTION = 0.5  # "contained_instances": an instance with at least this fraction of its area inside
@@ -60,7 +60,8 @@ def box_object(labels: np.ndarray | None, mask: np.ndarray, box: tuple[float, fl
         obj = mask & inside
     elif rule == "component":
         comps, n = ndi.label(mask & inside)
-        obj = comps == (int(np.argmax(np.bincount(comps.ravel())[1:])) + 1) if n else None
+        # an object has no holes (a gland's lumen, a nucleus' pale centre belong to it)
+        obj = ndi.binary_fill_holes(comps == (int(np.argmax(np.bincount(comps.ravel())[1:])) + 1)) if n else None
     else:
         if labels is None or not labels.any():
             labels, _ = ndi.label(mask)
