@@ -3,15 +3,16 @@
 # fine-tuned from v1 (commit $(V1_COMMIT), `v1-weights`, recipe configs/train/tiny-v2-cpu.yaml: `make train-tiny-v2`).
 CORPUS ?= runs/pathseg-shared
 RUN ?= runs/tiny-v3
+MODEL ?= $(RUN)/model-presence
 V1 ?= runs/tiny-v1
 V1_COMMIT ?= 4e248bd
 V2 ?= runs/tiny-v2-weights
 V2_COMMIT ?= a1338fc
 WEIGHTS = pathsegmentor/weights/pathsegmentor-tiny
 
-.PHONY: retrain-tiny corpus v1-weights v2-weights train-tiny train-tiny-v2 calibrate-tiny eval-tiny bench-tiny train-tiny-v1 test
+.PHONY: retrain-tiny corpus v1-weights v2-weights train-tiny train-tiny-v2 refit-presence calibrate-tiny eval-tiny bench-tiny train-tiny-v1 test
 
-retrain-tiny: corpus v2-weights train-tiny calibrate-tiny eval-tiny
+retrain-tiny: corpus v2-weights train-tiny refit-presence calibrate-tiny eval-tiny
 
 corpus:
 	pathseg-build --config configs/data/shared.yaml --out $(CORPUS)
@@ -38,23 +39,33 @@ train-tiny-v2: v1-weights
 	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v2-cpu.yaml output_dir=runs/tiny-v2 \
 	  data.corpus=$(abspath $(CORPUS)) model.init_from=$(abspath $(V1))
 
+# the presence head alone refit on the trained model's own decoder features of the TRAINING split (the shipped
+# weights are this step's output: $(MODEL))
+refit-presence:
+	OMP_NUM_THREADS=2 python -m pathsegmentor.training.presence_refit $(RUN)/model --data $(CORPUS) --out $(MODEL) \
+	  --features $(RUN)/presence-features.npz
+	# point/box prompts through the instance decoder, boxes by mask component (both chosen on the training split)
+	python -c "import json; p = '$(MODEL)/config.json'; c = json.load(open(p)); \
+	  c['inference'].update(geometric_mode='instances', geometric_box='component'); \
+	  open(p, 'w').write(json.dumps(c, indent=2) + '\n')"
+
 # presence threshold: maximises MCC on the TRAINING split (never validation), written into the model's config
 calibrate-tiny:
-	python -m pathsegmentor.evaluation.presence $(RUN)/model --data $(CORPUS) --split train --per-source 40 --write \
-	  --out $(RUN)/presence-train.json
+	python -m pathsegmentor.evaluation.presence $(MODEL) --data $(CORPUS) --split train --per-source 40 --write \
+	  --out $(MODEL)/presence-train.json
 
 eval-tiny:
-	pathsegmentor evaluate --model $(RUN)/model --data $(CORPUS) --split validation --out $(RUN)/eval-validation \
+	pathsegmentor evaluate --model $(MODEL) --data $(CORPUS) --split validation --out $(RUN)/eval-validation \
 	  --cross-prompt gland --cross-prompt "glandular structures"
-	python -m pathsegmentor.evaluation.vocabulary $(RUN)/model --counts $(CORPUS)/report/counts.csv \
+	python -m pathsegmentor.evaluation.vocabulary $(MODEL) --counts $(CORPUS)/report/counts.csv \
 	  --by-category $(RUN)/eval-validation/by_category.csv
 
 # the figures of the model card's instance and prompt tables (validation split)
 bench-tiny:
-	python bench/instances.py --model $(RUN)/model --data $(CORPUS)
-	pathsegmentor evaluate --model $(RUN)/model --data $(CORPUS) --split validation --source ebhi_seg --mpp-mode none \
+	python bench/instances.py --model $(MODEL) --data $(CORPUS)
+	pathsegmentor evaluate --model $(MODEL) --data $(CORPUS) --split validation --source ebhi_seg --mpp-mode none \
 	  --out $(RUN)/eval-ebhi-mpp-none
-	python bench/prompt_targets.py --model $(RUN)/model --data $(CORPUS) --limit 40
+	python bench/prompt_targets.py --model $(MODEL) --data $(CORPUS) --limit 40
 
 # v1 from scratch (the recipe of the first release; v1's corpus had no EBHI-Seg: pass sources=... to compare)
 train-tiny-v1:
