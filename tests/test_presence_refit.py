@@ -92,3 +92,18 @@ def test_cli_refuses_bad_paths_and_writes_nothing(test_model_dir, tmp_path, caps
     assert main([str(test_model_dir), "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert "corpus directory not found" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_with_synonyms_adds_the_words_users_type_with_the_same_truth():
+    from pathsegmentor.ontology import Ontology
+    from pathsegmentor.training.presence_refit import with_synonyms
+
+    onto = Ontology.load()
+    asked = [("tumor", "exhaustive", False), ("gland", "positive", True), ("a red sports car", "phrase", False)]
+    out = with_synonyms(asked, onto, np.random.default_rng(0), 2)
+    added = out[len(asked):]
+    assert out[:len(asked)] == asked and len(added) == 4  # two per category, none for the phrase
+    assert {p for p, _, _ in added[:2]} <= set(onto.categories["tumor"].synonyms)
+    assert all(k == "exhaustive" and t is False for _, k, t in added[:2])
+    assert all(k == "positive" and t is True for _, k, t in added[2:])
+    assert with_synonyms(asked, onto, np.random.default_rng(0), 0) == asked

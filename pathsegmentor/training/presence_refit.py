@@ -81,11 +81,25 @@ def capture_presence_inputs(model, image: np.ndarray, prompts: Sequence[str], *,
     return feats, np.asarray(res.presence, np.float32)
 
 
+def with_synonyms(asked: list[tuple[str, str, bool]], ontology, rng: np.random.Generator,
+                  n: int) -> list[tuple[str, str, bool]]:
+    """``asked`` plus, for each annotated or certainly absent category, up to ``n`` of its ontology synonyms
+    (drawn with ``rng``) with the same kind and truth, so the refit head also sees the words users type."""
+    out = list(asked)
+    for prompt, kind, truth in asked:
+        cat = ontology.categories.get(prompt) if kind in ("positive", "exhaustive") else None
+        syns = list(cat.synonyms) if cat is not None else []
+        for j in rng.choice(len(syns), min(n, len(syns)), replace=False) if syns and n else []:
+            out.append((str(syns[j]), kind, truth))
+    return out
+
+
 def collect_features(model, corpus, *, split: str = "train", phrases: Sequence[str], views_none: Sequence[str] = (),
-                     n_phrases: int = 4, n_organ: int = 3, per_source: int = 0, seed: int = 0,
+                     n_phrases: int = 4, n_organ: int = 3, n_synonyms: int = 0, per_source: int = 0, seed: int = 0,
                      progress: bool = True) -> PresenceFeatures:
     """Presence-head inputs for every image of ``split`` (``per_source``: at most N per source, evenly
-    spaced) under the prompts of :func:`~pathsegmentor.evaluation.presence.asked_prompts`."""
+    spaced) under the prompts of :func:`~pathsegmentor.evaluation.presence.asked_prompts` (plus
+    ``n_synonyms`` synonyms per category, :func:`with_synonyms`)."""
     from tqdm.auto import tqdm
 
     from ..evaluation.presence import asked_prompts
@@ -104,6 +118,8 @@ def collect_features(model, corpus, *, split: str = "train", phrases: Sequence[s
     for i in tqdm(idx, desc=f"presence features {split}", disable=not progress):
         s = corpus.sample(split, i)
         asked = asked_prompts(s, corpus.ontology, rng, phrases=phrases, n_phrases=n_phrases, n_organ=n_organ)
+        if n_synonyms:
+            asked = with_synonyms(asked, corpus.ontology, rng, n_synonyms)
         views = [("corpus", s.get("mpp"))] + ([("none", None)] if s["source"] in views_none else [])
         for view, mpp in views:
             feats, pres = capture_presence_inputs(model, s["image"], [a[0] for a in asked], mpp=mpp)
@@ -248,6 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--views-none", nargs="*", default=["ebhi_seg"],
                     help="sources also run with the pixel size unknown (default: ebhi_seg, whose mpp is estimated)")
     ap.add_argument("--per-source", type=int, default=0, help="at most N train images per source")
+    ap.add_argument("--synonyms", type=int, default=0,
+                    help="also ask N ontology synonyms of each annotated / certainly absent category (default 0)")
     ap.add_argument("--features", default=None, help="cache the collected features in this .npz (reused if present)")
     ap.add_argument("--max-epochs", type=int, default=RefitConfig.max_epochs)
     ap.add_argument("--lr", type=float, default=RefitConfig.lr)
@@ -280,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         corpus = load_pathseg(args.data)
         with torch.no_grad():
             feats = collect_features(model, corpus, phrases=negative_phrases()["train"], views_none=args.views_none,
-                                     per_source=args.per_source)
+                                     n_synonyms=args.synonyms, per_source=args.per_source)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             np.savez(cache, x=feats.x, y=feats.y, **{k: np.asarray(getattr(feats, k)) for k in
