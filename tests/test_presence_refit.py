@@ -80,6 +80,15 @@ def test_cli_writes_a_model_with_only_the_presence_head_changed(test_model_dir, 
     assert main([str(test_model_dir), "--data", str(corpus), "--out", str(tmp_path / "again"), "--max-epochs", "3",
                  "--features", str(tmp_path / "f.npz")]) == 0
     assert json.loads((tmp_path / "again" / "presence_refit.json").read_text())["rows"] == report["rows"]
+    # synonyms added to the earlier collection from a second cache (collected once, then reused)
+    for _ in range(2):
+        assert main([str(test_model_dir), "--data", str(corpus), "--out", str(tmp_path / "syn"), "--max-epochs", "2",
+                     "--features", str(tmp_path / "f.npz"), "--synonym-features", str(tmp_path / "s.npz")]) == 0
+    from pathsegmentor.training.presence_refit import load_features
+
+    syn = load_features(tmp_path / "s.npz")
+    assert len(syn.y) > 0 and set(syn.kind) <= {"positive", "exhaustive"}
+    assert json.loads((tmp_path / "syn" / "presence_refit.json").read_text())["rows"] == report["rows"] + len(syn.y)
 
 
 def test_cli_refuses_bad_paths_and_writes_nothing(test_model_dir, tmp_path, capsys):

@@ -95,11 +95,12 @@ def with_synonyms(asked: list[tuple[str, str, bool]], ontology, rng: np.random.G
 
 
 def collect_features(model, corpus, *, split: str = "train", phrases: Sequence[str], views_none: Sequence[str] = (),
-                     n_phrases: int = 4, n_organ: int = 3, n_synonyms: int = 0, per_source: int = 0, seed: int = 0,
-                     progress: bool = True) -> PresenceFeatures:
+                     n_phrases: int = 4, n_organ: int = 3, n_synonyms: int = 0, only_synonyms: bool = False,
+                     per_source: int = 0, seed: int = 0, progress: bool = True) -> PresenceFeatures:
     """Presence-head inputs for every image of ``split`` (``per_source``: at most N per source, evenly
     spaced) under the prompts of :func:`~pathsegmentor.evaluation.presence.asked_prompts` (plus
-    ``n_synonyms`` synonyms per category, :func:`with_synonyms`)."""
+    ``n_synonyms`` synonyms per category, :func:`with_synonyms`; ``only_synonyms``: the synonyms alone, a cheap
+    pass to add to an earlier collection)."""
     from tqdm.auto import tqdm
 
     from ..evaluation.presence import asked_prompts
@@ -119,7 +120,9 @@ def collect_features(model, corpus, *, split: str = "train", phrases: Sequence[s
         s = corpus.sample(split, i)
         asked = asked_prompts(s, corpus.ontology, rng, phrases=phrases, n_phrases=n_phrases, n_organ=n_organ)
         if n_synonyms:
-            asked = with_synonyms(asked, corpus.ontology, rng, n_synonyms)
+            asked = with_synonyms(asked, corpus.ontology, rng, n_synonyms)[len(asked) if only_synonyms else 0:]
+        if not asked:
+            continue
         views = [("corpus", s.get("mpp"))] + ([("none", None)] if s["source"] in views_none else [])
         for view, mpp in views:
             feats, pres = capture_presence_inputs(model, s["image"], [a[0] for a in asked], mpp=mpp)
@@ -137,6 +140,26 @@ def collect_features(model, corpus, *, split: str = "train", phrases: Sequence[s
     out.x = np.stack(xs).astype(np.float32) if xs else np.zeros((0, 0), np.float32)
     out.y = np.asarray(ys, bool)
     return out
+
+
+_META = ("source", "kind", "prompt", "group", "view", "presence")
+
+
+def save_features(path: Path, feats: PresenceFeatures) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, x=feats.x, y=feats.y, **{k: np.asarray(getattr(feats, k)) for k in _META})
+
+
+def load_features(path: Path) -> PresenceFeatures:
+    z = np.load(path, allow_pickle=False)
+    return PresenceFeatures(z["x"], z["y"], *[z[k].tolist() for k in _META])
+
+
+def concat_features(a: PresenceFeatures, b: PresenceFeatures) -> PresenceFeatures:
+    if not len(b.y):
+        return a
+    return PresenceFeatures(np.concatenate([a.x, b.x]), np.concatenate([a.y, b.y]),
+                            *[getattr(a, k) + getattr(b, k) for k in _META])
 
 
 def cell_weights(*columns: Sequence) -> np.ndarray:
@@ -266,6 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--per-source", type=int, default=0, help="at most N train images per source")
     ap.add_argument("--synonyms", type=int, default=0,
                     help="also ask N ontology synonyms of each annotated / certainly absent category (default 0)")
+    ap.add_argument("--synonym-features", default=None,
+                    help="a second cache (.npz) of synonym rows only (--synonyms, default 1), collected if missing and "
+                         "added to --features: adds synonyms to an earlier collection without redoing it")
     ap.add_argument("--features", default=None, help="cache the collected features in this .npz (reused if present)")
     ap.add_argument("--max-epochs", type=int, default=RefitConfig.max_epochs)
     ap.add_argument("--lr", type=float, default=RefitConfig.lr)
@@ -289,20 +315,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: corpus directory not found: '{args.data}'. Build it with pathseg-build.", file=sys.stderr)
         return 2
     model = from_pretrained(str(src)).eval()
-    cache = Path(args.features) if args.features else None
-    if cache is not None and cache.is_file():
-        z = np.load(cache, allow_pickle=False)
-        feats = PresenceFeatures(z["x"], z["y"], *[z[k].tolist() for k in
-                                                    ("source", "kind", "prompt", "group", "view", "presence")])
-    else:
-        corpus = load_pathseg(args.data)
+    corpus = None
+
+    def collect(path: Path | None, **kw) -> PresenceFeatures:
+        nonlocal corpus
+        if path is not None and path.is_file():
+            return load_features(path)
+        corpus = corpus or load_pathseg(args.data)
         with torch.no_grad():
             feats = collect_features(model, corpus, phrases=negative_phrases()["train"], views_none=args.views_none,
-                                     n_synonyms=args.synonyms, per_source=args.per_source)
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(cache, x=feats.x, y=feats.y, **{k: np.asarray(getattr(feats, k)) for k in
-                                                      ("source", "kind", "prompt", "group", "view", "presence")})
+                                     per_source=args.per_source, **kw)
+        if path is not None:
+            save_features(path, feats)
+        return feats
+
+    feats = collect(Path(args.features) if args.features else None,
+                    n_synonyms=0 if args.synonym_features else args.synonyms)
+    if args.synonym_features:
+        feats = concat_features(feats, collect(Path(args.synonym_features), n_synonyms=args.synonyms or 1,
+                                               only_synonyms=True, seed=1))
     cfg = RefitConfig(max_epochs=args.max_epochs, lr=args.lr, l2=args.l2)
     head, report = refit(model.mask_decoder.presence_head, feats, cfg)
     report["source_model"] = str(src)
