@@ -22,7 +22,7 @@ def _scene():
 
 
 def _runner(scene, calls):
-    def run(window, prompt):  # stands in for segment(): the window is always the whole 200² test image
+    def run(window, prompt, with_instances=True):  # stands in for segment(): the window is the whole 200² image
         calls.append((window.shape, prompt))
         lab = scene.get(prompt, np.zeros((200, 200), np.int32))[: window.shape[0], : window.shape[1]]
         res = PromptResolution(prompt, prompt, prompt, "exact", "same", 1.0)
@@ -88,6 +88,14 @@ def test_segment_with_geometric_mode_instances_reports_how(test_model, monkeypat
     assert "geometric_mode 'instances'" in res.resolutions[0].reason
     res = test_model.segment(img, ["nuclei"], boxes=np.array([10.0, 10.0, 50.0, 50.0]))
     assert not res.masks[0][60:, :].any() and not res.masks[0][:, 60:].any()  # nothing outside the box
+    monkeypatch.setattr(test_model.config.inference, "geometric_box", "component")  # no instance decoding needed
+    res = test_model.segment(img, boxes=np.array([10.0, 10.0, 50.0, 50.0]))
+    assert not res.masks[0][60:, :].any() and not res.masks[0][:, 60:].any()  # nothing outside the box
+    assert "geometric_mode 'instances'" in res.resolutions[0].reason
+    monkeypatch.setattr(test_model.config.inference, "geometric_box", "nearest")  # refused before any decoding
+    with pytest.raises(ValueError, match="geometric_box is 'nearest'"):
+        test_model.segment(img, points=np.array([[[40.0, 40.0]]]), point_labels=np.array([[1]]))
+    monkeypatch.setattr(test_model.config.inference, "geometric_box", "best_instance")
     monkeypatch.setattr(test_model.config.inference, "geometric_mode", "magic")
     with pytest.raises(ValueError, match="geometric_mode is 'magic'.*instances"):
         test_model.segment(img, points=np.array([[[40.0, 40.0]]]), point_labels=np.array([[1]]))

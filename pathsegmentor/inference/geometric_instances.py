@@ -38,6 +38,7 @@ BOX_RULES = {
     "component": "the largest connected part of the mask inside the box, holes filled",
     "mask": "the mask inside the box",
 }
+INSTANCE_BOX_RULES = ("best_instance", "contained_instances")  # the rules that read the instance labels
 CONTAINED_FRACTION = 0.5  # "contained_instances": an instance with at least this fraction of its area inside
 
 
@@ -143,7 +144,7 @@ def answer_geometric(model, rgb: np.ndarray, *, text: str | None, box: np.ndarra
     """One point/box prompt on ``rgb uint8 [H, W, 3]`` -> (``bool [H, W]`` mask, presence in [0, 1],
     the text's resolution or None, how it was answered).
 
-    ``run(window_rgb, prompt)`` segments one text prompt on a window (``segment`` with the caller's
+    ``run(window_rgb, prompt, instances)`` segments one text prompt on a window (``segment`` with the caller's
     options) and returns its :class:`~.result.SegmentationResult`; ``answerable``: the concepts the model
     answers; ``box`` XYXY and ``point`` XY in input pixels."""
     h, w = rgb.shape[:2]
@@ -167,7 +168,9 @@ def answer_geometric(model, rgb: np.ndarray, *, text: str | None, box: np.ndarra
         # the window side in input px: ``base`` px at the concept's working µm/px (no rescaling without an mpp)
         side = base * working_mpp(pp, concept) / m_in if mpp is not None else base
         y0, y1, x0, x1 = _window(extent, side, h, w)
-        res = run(rgb[y0:y1, x0:x1], concept)
+        # instances are decoded only where the answer reads them (points, the instance box rules)
+        needs_instances = box is None or (not text and rule in INSTANCE_BOX_RULES)
+        res = run(rgb[y0:y1, x0:x1], concept, needs_instances)
         resolution = res.resolutions[0] if text else None
         if text and not res.resolutions[0].answered:
             return out, 0.0, resolution, "refused"

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .geometric_instances import CELL_BOX_UM, check_geometric_mode, segment_by_instances
+from .geometric_instances import CELL_BOX_UM, check_geometric_box, check_geometric_mode, segment_by_instances
 from .image_io import ImageInput, resize_rgb, to_rgb_uint8
 from .prompts import check_vocabulary, geometric, resolve_prompts
 from .result import SegmentationResult
@@ -82,10 +82,13 @@ def segment_image(model: "PathSegmentor", image: ImageInput, prompts: str | Sequ
     mode = getattr(inf, "geometric_mode", "learned")
     check_geometric_mode(mode)
     if mode == "instances" and n_geo:  # a point/box answered by the model's instance under it
-        def run(window: np.ndarray, prompt: str) -> SegmentationResult:
+        check_geometric_box(getattr(inf, "geometric_box", "best_instance"))
+
+        def run(window: np.ndarray, prompt: str, with_instances: bool) -> SegmentationResult:
+            decoder = ("auto" if instances == "none" else instances) if with_instances else "none"
             return segment_image(model, window, prompt, mpp=mpp, mask_threshold=mask_threshold,
                                  presence_threshold=presence_threshold, hires=hires, tile_overlap=tile_overlap,
-                                 vocabulary=vocabulary, instances="auto" if instances == "none" else instances, tta=tta)
+                                 vocabulary=vocabulary, instances=decoder, tta=tta)
 
         return segment_by_instances(model, rgb, prompts, names, geo_boxes, geo_points, mpp, run, estimate)
     resolutions = resolve_prompts(model, prompts, vocabulary) if prompts else [geometric(nm) for nm in names]

@@ -178,10 +178,11 @@ def balanced_log_loss(head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, w
 
 def fit_head(head: torch.nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarray, *, epochs: int, lr: float = 1e-3,
              l2: float = 1e-3, batch_size: int = 256, seed: int = 0,
-             eval_set: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> tuple[torch.nn.Module, list[float]]:
+             eval_set: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+             return_best: bool = False) -> tuple[torch.nn.Module, list[float]]:
     """A copy of ``head`` trained on ``(x, y)`` with per-row weights ``w`` (AdamW, BCE, ``l2`` * squared
     distance to the initial weights); returns it and, with ``eval_set``, the weighted log-loss after each
-    epoch (index 0: before training)."""
+    epoch (index 0: before training). ``return_best``: the head as it was at the epoch of least eval loss."""
     torch.manual_seed(seed)
     head = copy.deepcopy(head).float().train()
     init = [p.detach().clone() for p in head.parameters()]
@@ -189,6 +190,7 @@ def fit_head(head: torch.nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarray,
     xt, yt, wt = torch.from_numpy(x), torch.from_numpy(y.astype(np.float32)), torch.from_numpy(w)
     ev = None if eval_set is None else tuple(torch.from_numpy(np.asarray(a, np.float32)) for a in eval_set)
     curve = [balanced_log_loss(head, *ev)] if ev else []
+    best_state = copy.deepcopy(head.state_dict())
     gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         perm = torch.randperm(len(xt), generator=gen)
@@ -202,6 +204,10 @@ def fit_head(head: torch.nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarray,
             opt.step()
         if ev:
             curve.append(balanced_log_loss(head, *ev))
+            if return_best and curve[-1] < min(curve[:-1]):
+                best_state = copy.deepcopy(head.state_dict())
+    if return_best and ev:
+        head.load_state_dict(best_state)
     return head.eval(), curve
 
 
@@ -232,8 +238,9 @@ def refit(head: torch.nn.Module, feats: PresenceFeatures, cfg: RefitConfig) -> t
     held = grouped_holdout([f"{s}|{g}" for s, g in zip(feats.source, feats.group)], cfg.holdout_fraction, cfg.seed)
     tr = ~held
     w_tr, w_held = cell_weights(src[tr], kind[tr], feats.y[tr]), cell_weights(src[held], kind[held], feats.y[held])
-    _, curve = fit_head(head, feats.x[tr], feats.y[tr], w_tr, epochs=cfg.max_epochs, lr=cfg.lr, l2=cfg.l2,
-                        seed=cfg.seed, eval_set=(feats.x[held], feats.y[held], w_held))
+    # the hold-out run: its curve picks the epoch count; its head at that epoch gives the hold-out MCC
+    sel_head, curve = fit_head(head, feats.x[tr], feats.y[tr], w_tr, epochs=cfg.max_epochs, lr=cfg.lr, l2=cfg.l2,
+                               seed=cfg.seed, eval_set=(feats.x[held], feats.y[held], w_held), return_best=True)
     best_epochs = int(np.argmin(curve))
     new, _ = fit_head(head, feats.x, feats.y, w, epochs=best_epochs, lr=cfg.lr, l2=cfg.l2, seed=cfg.seed)
 
@@ -244,7 +251,6 @@ def refit(head: torch.nn.Module, feats: PresenceFeatures, cfg: RefitConfig) -> t
                  zip(np.asarray(feats.source)[held], np.asarray(feats.kind)[held], feats.y[held], p)]
         return round(calibrate(pairs)[1], 4)
 
-    sel_head, _ = fit_head(head, feats.x[tr], feats.y[tr], w_tr, epochs=best_epochs, lr=cfg.lr, l2=cfg.l2, seed=cfg.seed)
     report = {"config": asdict(cfg), "rows": int(len(feats.y)), "positives": int(feats.y.sum()),
               "holdout_rows": int(held.sum()), "epochs": best_epochs,
               "holdout_log_loss": [round(c, 4) for c in curve],
