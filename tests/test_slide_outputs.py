@@ -208,9 +208,16 @@ def test_slide_instances_from_separation_maps_split_touching_nuclei(tmp_path):
     spec = slide_spec(disks=[], squares=[])
     path = write_slide(tmp_path / "touching.tif", _ColouredDisks(spec, disks))
     counts = {}
-    for name, model in (("watershed", DarkStub()), ("separation", SeparationStub())):
+    for name, model, decoder in (("watershed", DarkStub(), None), ("separation", SeparationStub(), None),
+                                 ("distance", SeparationStub(), "distance"),
+                                 ("set-to-watershed", SeparationStub(), "watershed"),
+                                 ("max-100-um2", SeparationStub(), None)):
+        if decoder is not None:  # the model's inference.instances, as segment() reads it
+            model.config.inference.instances = decoder
+        if name.startswith("max-"):  # the pair touches: one ~640 µm² part of the mask, over the limit
+            model.config.inference.max_cell_component_um2 = 100.0
         res = segment_slide(model, path, ["nuclei"], out=tmp_path / name, geojson=True, vocabulary="open",
                             progress=False)
         fc = json.loads(res.geojson.read_text())
         counts[name] = sum(f["properties"]["objectType"] == "detection" for f in fc["features"])
-    assert counts == {"watershed": 1, "separation": 2}
+    assert counts == {"watershed": 1, "separation": 2, "distance": 2, "set-to-watershed": 1, "max-100-um2": 0}

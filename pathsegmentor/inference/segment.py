@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .geometric_instances import CELL_BOX_UM, check_geometric_box, check_geometric_mode, segment_by_instances
 from .image_io import ImageInput, resize_rgb, to_rgb_uint8
+from .plausibility import drop_oversized
 from .prompts import check_vocabulary, geometric, resolve_prompts
 from .result import SegmentationResult
 from .separation import decode_instances, is_instance_concept, resize_labels, working_mpp
@@ -130,6 +131,11 @@ def segment_image(model: "PathSegmentor", image: ImageInput, prompts: str | Sequ
         presence = np.ones(n, np.float32)
     present = presence >= pthr
     masks = (probs > mthr) & present[:, None, None]
+    if prompts:  # parts of a nucleus mask larger than any cluster of nuclei (ink, pigment, debris)
+        drop_oversized(masks, inst_maps, [r.answered_as if r.answered else None for r in resolutions],
+                       [(mpp if mpp is not None else working_mpp(model.config.preprocess, r.answered_as)) ** 2
+                        for r in resolutions],
+                       float(getattr(inf, "max_cell_component_um2", 0.0) or 0.0))
     return SegmentationResult(prompts=names, masks=masks, probs=probs, presence=presence.astype(np.float32),
                               image_size=(H, W), mpp=mpp, model=model.name,
                               thresholds={"mask": mthr, "presence": pthr}, resolutions=resolutions,

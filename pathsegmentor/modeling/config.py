@@ -120,6 +120,9 @@ class InferenceConfig:
     # with geometric_mode "instances", how a box alone picks its object: "best_instance", "contained_instances",
     # "component" or "mask" (pathsegmentor.inference.geometric_instances.BOX_RULES)
     geometric_box: str = "best_instance"
+    # the largest connected part (µm²) a nucleus/cell mask keeps; larger ones are ink, pigment or debris, not
+    # a cluster of nuclei (pathsegmentor.inference.plausibility); 0: no limit
+    max_cell_component_um2: float = 0.0
 
 
 @dataclass

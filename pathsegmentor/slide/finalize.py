@@ -102,6 +102,7 @@ def _finish(model, reader, grid: WorkGrid, plan: BandPlan, store: PartStore, pro
     masks: dict[str, Path] = {}
     h_px = max(1.0, 0.75 / grid.mpp_x)  # seeds must stand ~0.75 µm above the neck between nuclei
     min_area = max(4, round(3.0 / (grid.mpp_x * grid.mpp_y)))  # ~3 µm²
+    max_cell_um2 = float(getattr(model.config.inference, "max_cell_component_um2", 0.0) or 0.0)
     try:
         for p, prompt in enumerate(prompts):
             st = PromptStats(prompt, inst_flags[p], presence_max=float(presence[p]))
@@ -118,7 +119,9 @@ def _finish(model, reader, grid: WorkGrid, plan: BandPlan, store: PartStore, pro
 
                 analyzer = InstanceAnalyzer(prompt, geometry=geo, read_rgb=grid.read, next_id=next_id,
                                             on_object=on_object, want_polygons=gj is not None,
-                                            margin=64, h=h_px, min_area=min_area)
+                                            margin=64, h=h_px, min_area=min_area,
+                                            decoder=getattr(model.config.inference, "instances", "auto"),
+                                            max_component_px=max_cell_um2 / (grid.mpp_x * grid.mpp_y))
             elif gj is not None:
                 def on_polygon(poly, prompt=prompt, color=color, st=st):
                     area_um2 = poly.area * grid.mpp_x * grid.mpp_y

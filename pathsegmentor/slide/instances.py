@@ -86,10 +86,15 @@ class InstanceAnalyzer:
     def __init__(self, prompt: str, *, geometry: Geometry, read_rgb: Callable[[int, int, int, int], np.ndarray],
                  next_id: Callable[[], int], on_object: Callable[[dict, object], None],
                  want_polygons: bool, margin: int = 64, h: float = 1.5, min_area: int = 4,
-                 block: int = 1024) -> None:
+                 block: int = 1024, decoder: str = "auto", max_component_px: float = 0.0) -> None:
         self.prompt, self.g, self.read_rgb = prompt, geometry, read_rgb
         self.next_id, self.on_object, self.want_polygons = next_id, on_object, want_polygons
         self.h, self.min_area, self.block = h, min_area, block
+        # the model's inference.instances, as segment() decodes ("auto": "hv" with maps)
+        self.decoder = "hv" if decoder in ("auto", "none") else decoder
+        # inference.max_cell_component_um2 in working px: larger parts of the mask (as far as one analysis
+        # window, a strip +- margin rows by a column block + margin, sees them) are not nuclei
+        self.max_component_px = max_component_px
         self.count = 0
         self._look = Lookahead(margin, self._process)
 
@@ -126,9 +131,19 @@ class InstanceAnalyzer:
         from skimage.color import rgb2hed
         from skimage.measure import regionprops
 
-        if window.ndim == 3:  # mask + separation maps: the decoder segment() uses
+        if self.max_component_px > 0:
+            from ..inference.plausibility import oversized_parts
+
+            mask = window[..., 0] > 0.5 if window.ndim == 3 else window
+            gone = oversized_parts(mask, self.max_component_px)
+            if gone.any():
+                window = window.copy()
+                window[gone] = 0
+        if window.ndim == 3 and self.decoder == "watershed":  # the model is set to ignore its maps
+            labels = split_instances(window[..., 0] > 0.5, h=self.h, min_area=self.min_area)
+        elif window.ndim == 3:  # mask + separation maps: the decoder segment() uses
             labels = decode_instances(window[..., 0] > 0.5, np.moveaxis(window[..., 1:], -1, 0).astype(np.float32),
-                                      "hv", min_area=self.min_area)
+                                      self.decoder, min_area=self.min_area)
         else:
             labels = split_instances(window, h=self.h, min_area=self.min_area)
         kept = []

@@ -1,0 +1,106 @@
+"""The instance decoders' own parameters, swept on the TRAINING split (never validation).
+
+    python bench/instance_decoders.py [--model pathsegmentor-tiny] [--data runs/pathseg-shared] \
+        [--split train] [--source monuseg] [--limit 24]
+
+The model runs once per image (``segment()`` with the shipped decoder); its probabilities and separation maps
+are kept (the bench wraps ``pathsegmentor.inference.segment.decode_instances`` to see the maps it is given), and
+every decoder setting is applied to them offline:
+
+* mask threshold 0.4 / 0.5;
+* ``distance``: the core threshold on the predicted border distance (0.3-0.6);
+* ``watershed`` (mask only): the h of the distance transform's h-maxima;
+* ``hv``: the per-pixel jump in the centre offsets that marks a border.
+
+Prints mean AJI and PQ per setting (the shipped one is marked). Nothing here is asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+LABELS = {"monuseg": "nuclei", "glas": "gland"}  # the sources with instance ground truth
+GRID = {"distance": ("core", (0.3, 0.35, 0.4, 0.45, 0.5, 0.6)), "watershed": ("h", (1.0, 1.5, 2.0, 3.0)),
+        "hv": ("edge", (0.15, 0.25, 0.4))}
+SHIPPED = {"distance": 0.45, "watershed": 1.5, "hv": 0.25}  # the decoders' defaults (separation.py, instances.py)
+
+
+def capture(model, corpus, split: str, source: str, limit: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(probs float32 [H, W], maps float32 [3, H, W], ground-truth instances int32 [H, W])`` per image."""
+    import pathsegmentor.inference.segment as seg
+
+    label = LABELS[source]
+    seen: dict = {}
+    decode = seg.decode_instances
+
+    def keep_maps(mask, maps, method="auto", **kw):
+        seen["maps"] = maps
+        return decode(mask, maps, method, **kw)
+
+    table = corpus.images[split]
+    rows = [i for i in range(len(table)) if table["source"][i] == source][:limit or None]
+    out = []
+    seg.decode_instances = keep_maps
+    try:
+        for i in rows:
+            s = corpus.sample(split, i)
+            inst = (s.get("instances") or {}).get(label)
+            if inst is None:
+                continue
+            seen.clear()
+            res = model.segment(s["image"], label, mpp=s["mpp"], vocabulary="open", instances="distance")
+            maps = seen.get("maps")
+            if maps is None or maps.shape[-2:] != res.probs.shape[-2:]:
+                continue  # not decoded at the input's size (absent, or another working µm/px)
+            out.append((res.probs[0], np.asarray(maps, np.float32), np.asarray(inst, np.int32)))
+    finally:
+        seg.decode_instances = decode
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="pathsegmentor-tiny")
+    ap.add_argument("--data", default=str(REPO / "runs" / "pathseg-shared"))
+    ap.add_argument("--split", default="train")
+    ap.add_argument("--source", default="monuseg", choices=sorted(LABELS))
+    ap.add_argument("--limit", type=int, default=24, help="images (0: all of the source in the split)")
+    args = ap.parse_args(argv)
+    import torch
+
+    from data_builders import load_pathseg
+    from pathsegmentor import PathSegmentor
+    from pathsegmentor.evaluation.metrics import aggregated_jaccard_index, panoptic_quality
+    from pathsegmentor.inference.instances import separate_instances
+    from pathsegmentor.inference.separation import instances_from_distance, instances_from_hv
+
+    torch.set_num_threads(2)
+    model = PathSegmentor.from_pretrained(args.model).eval()
+    images = capture(model, load_pathseg(args.data), args.split, args.source, args.limit)
+    decoders = {"distance": lambda m, maps, v: instances_from_distance(m, maps[2], core=v),
+                "watershed": lambda m, maps, v: separate_instances(m, h=v),
+                "hv": lambda m, maps, v: instances_from_hv(m, maps[:2], edge=v)}
+    print(f"{model.name}, {args.source} {args.split}, {len(images)} images")
+    print("| decoder | parameter | mask threshold | AJI | PQ |")
+    print("|---|---|---|---|---|")
+    for thr in (0.4, 0.5):
+        for name, (param, values) in GRID.items():
+            for v in values:
+                aji, pq = [], []
+                for probs, maps, gt in images:
+                    lab = decoders[name](probs > thr, maps, v)
+                    aji.append(aggregated_jaccard_index(gt, lab))
+                    pq.append(panoptic_quality(gt, lab)["pq"])
+                mark = " (shipped)" if v == SHIPPED[name] and thr == model.config.inference.mask_threshold else ""
+                print(f"| {name} | {param} {v}{mark} | {thr} | {np.mean(aji):.4f} | {np.mean(pq):.4f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
