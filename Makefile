@@ -10,7 +10,7 @@ V2 ?= runs/tiny-v2-weights
 V2_COMMIT ?= a1338fc
 WEIGHTS = pathsegmentor/weights/pathsegmentor-tiny
 
-.PHONY: retrain-tiny corpus v1-weights v2-weights train-tiny train-tiny-v2 refit-presence calibrate-tiny eval-tiny bench-tiny train-tiny-v1 test
+.PHONY: ablate-tiny retrain-tiny corpus v1-weights v2-weights train-tiny train-tiny-v2 refit-presence calibrate-tiny eval-tiny bench-tiny train-tiny-v1 test
 
 retrain-tiny: corpus v2-weights train-tiny refit-presence calibrate-tiny eval-tiny
 
@@ -67,6 +67,19 @@ bench-tiny:
 	pathsegmentor evaluate --model $(MODEL) --data $(CORPUS) --split validation --source ebhi_seg --mpp-mode none \
 	  --out $(RUN)/eval-ebhi-mpp-none
 	python bench/prompt_targets.py --model $(MODEL) --data $(CORPUS) --limit 40
+
+# the accuracy levers of the model card's ablation table: 600 more steps from the shipped weights under the v3 recipe,
+# one lever changed per run (stain augmentation off; separation loss x2), each scored by bench/instances.py
+ABLATE = runs/ablate
+ABLATE_ARGS = data.corpus=$(abspath $(CORPUS)) model.init_from=$(abspath $(WEIGHTS)) train.steps=600 \
+  train.save_every=100 optim.warmup_steps=30
+ablate-tiny:
+	for lever in "longer" "no-stain-aug data.hed_sigma=0 data.hed_bias=0 data.brightness_contrast=0" \
+	             "separation-x2 loss.separation=2.0"; do set -- $$lever; name=$$1; shift; \
+	  OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v3-cpu.yaml output_dir=$(ABLATE)/$$name \
+	    $(ABLATE_ARGS) "$$@" && \
+	  python bench/instances.py --model $(ABLATE)/$$name/model --no-tta > $(ABLATE)/$$name.instances.txt || exit 1; \
+	done
 
 # v1 from scratch (the recipe of the first release; v1's corpus had no EBHI-Seg: pass sources=... to compare)
 train-tiny-v1:

@@ -91,17 +91,26 @@ class MppRegressor:
         return cls(load_file(str(path)), meta)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        """The mean over the file's members (``m0.layer0.weight``, ...: an ensemble of MLPs fitted with
+        different seeds; a file without prefixes holds one MLP)."""
         t = self.t
         x = np.where(np.isnan(x), t["fill"], x)
-        h = (x - t["mean"]) / t["std"]
+        h0 = (x - t["mean"]) / t["std"]
+        members = sorted({k.split(".")[0] for k in t if k.startswith("m") and ".layer" in k}) or [""]
+        out = np.mean([self._mlp(h0, f"{m}." if m else "") for m in members], axis=0)
+        return out + float(t["target_mean"][0])
+
+    def _mlp(self, h: np.ndarray, prefix: str) -> np.ndarray:
         from scipy.special import erf
 
-        layers = sorted({int(k.split(".")[0][5:]) for k in t if k.startswith("layer")})
+        t = self.t
+        layers = sorted({int(k[len(prefix):].split(".")[0][5:]) for k in t
+                         if k.startswith(prefix + "layer")})
         for i in layers:
-            h = h @ t[f"layer{i}.weight"].T + t[f"layer{i}.bias"]
+            h = h @ t[f"{prefix}layer{i}.weight"].T + t[f"{prefix}layer{i}.bias"]
             if i != layers[-1]:
                 h = 0.5 * h * (1.0 + erf(h / math.sqrt(2.0)))  # exact GELU, as torch's nn.GELU
-        return h[:, 0] + float(t["target_mean"][0])
+        return h[:, 0]
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,99 @@
+"""Choose ``estimate_mpp``'s test-time scales and patch count by cross-validation on the TRAINING split.
+
+The decision harness behind :data:`pathsegmentor.inference.mpp_estimate.TEST_SCALES` (the validation
+bench, ``bench/mpp_auto.py``, is not read): the training images of MoNuSeg, GlaS and CoNSeP are split into
+the fit's 5 folds (grouped by image); an MLP of the shipped setting is fitted on four folds' training
+features (``bench/mpp_auto.py``'s views and patches) and estimates each image of the fifth at the bench's
+three scales (1, 0.6, 1.6), as ``estimate_mpp`` does, under each variant:
+
+* ``one scale, 16 patches``: the shipped estimator before this decision;
+* ``one scale, 48 patches``: as many patches as the three-scale variant (is it only the patch count?);
+* ``scales 1/r, 1, r``: the image also resampled by ``1/r`` and ``r``, 16 patches each, every patch's
+  estimate corrected by its resampling factor, the median over all.
+
+Prints, per variant, the within-15 % fraction and the log-std of the errors over images x scales.
+
+    python bench/mpp_tta_cv.py [--features runs/mpp-train-features.npz] [--per-set N]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+_spec = importlib.util.spec_from_file_location("mpp_auto_bench", ROOT / "bench" / "mpp_auto.py")
+mb = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(mb)
+
+RATIOS = (1.25, 1.4)  # the r of the three-scale variants
+PATCHES = 16
+SHIPPED = dict(hidden=64, weight_decay=1e-3, dropout=0.1)
+
+
+def folds_of(images: np.ndarray) -> dict[int, int]:
+    """The fit's fold of each training image id (``bench/mpp_auto.py --fit``: permutation seed 0, 5 folds)."""
+    ids = np.unique(images)
+    return dict(zip(ids, np.random.default_rng(0).permutation(ids) % 5))
+
+
+def patch_logs(reg, rgb: np.ndarray, factor: float, count: int, seed: int) -> np.ndarray:
+    """log mpp of ``count`` patches of ``rgb`` resampled by ``factor``, corrected back to ``rgb``'s pixels."""
+    from pathsegmentor.inference.mpp_features import patch_features, sample_patches
+
+    im = rgb if factor == 1.0 else mb.rescale(rgb, factor)
+    crops = sample_patches([im], count, np.random.default_rng(seed))
+    return reg(np.stack([patch_features(c) for c in crops]).astype(np.float64)) + math.log(factor)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import torch
+
+    from pathsegmentor.inference.mpp_estimate import MppRegressor
+    from pathsegmentor.inference import mpp_features
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--features", default=None, help="training-feature cache (.npz) of bench/mpp_auto.py --fit")
+    ap.add_argument("--per-set", type=int, default=None, help="at most this many images per dataset")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.features and Path(args.features).is_file():
+        cached = np.load(args.features)
+        X, y, g = cached["X"], cached["y"], cached["g"]
+    else:
+        X, y, g = mb.training_features(args.per_set)
+        if args.features:
+            np.savez_compressed(args.features, X=X, y=y, g=g)
+    image = g // mb.FIT_VIEWS
+    fold_of = folds_of(image)
+    fold = np.array([fold_of[i] for i in image])
+    meta = {"features": mpp_features.VERSION, "cv_log_std": "0"}
+    regs = {f: MppRegressor(mb.train_mlp(X[fold != f], y[fold != f], **SHIPPED), meta) for f in range(5)}
+    variants = ["one scale, 16 patches", "one scale, 48 patches"] + [f"scales 1/{r}, 1, {r}" for r in RATIOS]
+    errors: dict[str, list[float]] = {v: [] for v in variants}
+    for i, (name, p, mpp) in enumerate(mb.images("train", args.per_set)):
+        reg, rgb = regs[fold_of[i]], mb.load(p)
+        for s in mb.SCALES:
+            im, truth = mb.rescale(rgb, s), math.log(mpp / s)
+            base = patch_logs(reg, im, 1.0, 3 * PATCHES, seed=0)
+            errors[variants[0]].append(float(np.median(base[:PATCHES])) - truth)
+            errors[variants[1]].append(float(np.median(base)) - truth)
+            for r, v in zip(RATIOS, variants[2:]):
+                logs = [base[:PATCHES]] + [patch_logs(reg, im, f, PATCHES, seed=k + 1) for k, f in enumerate((1 / r, r))]
+                errors[v].append(float(np.median(np.concatenate(logs))) - truth)
+        print(f"{name:8s} {p.name:28s} " + "  ".join(f"{100 * (math.exp(errors[v][-1]) - 1):+6.1f}%" for v in variants),
+              flush=True)
+    print("\ncross-validated on the training split (images x scales 1, 0.6, 1.6):")
+    for v in variants:
+        e = np.array(errors[v])
+        print(f"{v:24s} within 15 %: {np.mean(np.abs(np.exp(e) - 1) <= 0.15):.3f}   log-std {np.std(e):.3f}   "
+              f"({len(e)} estimates)")
+
+
+if __name__ == "__main__":
+    main()
