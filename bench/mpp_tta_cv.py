@@ -9,7 +9,7 @@ three scales (1, 0.6, 1.6), as ``estimate_mpp`` does, under each variant:
 * ``one scale, 16 patches``: the shipped estimator before this decision;
 * ``one scale, 48 patches``: as many patches as the three-scale variant (is it only the patch count?);
 * ``scales 1/r, 1, r``: the image also resampled by ``1/r`` and ``r``, 16 patches each, every patch's
-  estimate corrected by its resampling factor, the median over all.
+  estimate corrected by its resampling factor, the median over all (and five scales in steps of ``r``).
 
 Prints, per variant, the within-15 % fraction and the log-std of the errors over images x scales.
 
@@ -31,7 +31,14 @@ _spec = importlib.util.spec_from_file_location("mpp_auto_bench", ROOT / "bench" 
 mb = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(mb)
 
-RATIOS = (1.25, 1.4)  # the r of the three-scale variants
+VARIANTS = {  # name -> resampling factors (1.0: the image as it is); the patches of a factor are shared
+    "one scale, 16 patches": (1.0,),
+    "one scale, 48 patches": (1.0, "48"),
+    "scales 1/1.25, 1, 1.25": (1 / 1.25, 1.0, 1.25),
+    "scales 1/1.4, 1, 1.4": (1 / 1.4, 1.0, 1.4),
+    "5 scales, steps of 1.15": (1 / 1.15 ** 2, 1 / 1.15, 1.0, 1.15, 1.15 ** 2),
+    "5 scales, steps of 1.25": (1 / 1.25 ** 2, 1 / 1.25, 1.0, 1.25, 1.25 ** 2),
+}
 PATCHES = 16
 SHIPPED = dict(hidden=64, weight_decay=1e-3, dropout=0.1)
 
@@ -74,20 +81,19 @@ def main(argv: list[str] | None = None) -> None:
     fold = np.array([fold_of[i] for i in image])
     meta = {"features": mpp_features.VERSION, "cv_log_std": "0"}
     regs = {f: MppRegressor(mb.train_mlp(X[fold != f], y[fold != f], **SHIPPED), meta) for f in range(5)}
-    variants = ["one scale, 16 patches", "one scale, 48 patches"] + [f"scales 1/{r}, 1, {r}" for r in RATIOS]
+    variants = list(VARIANTS)
     errors: dict[str, list[float]] = {v: [] for v in variants}
     for i, (name, p, mpp) in enumerate(mb.images("train", args.per_set)):
         reg, rgb = regs[fold_of[i]], mb.load(p)
         for s in mb.SCALES:
             im, truth = mb.rescale(rgb, s), math.log(mpp / s)
             base = patch_logs(reg, im, 1.0, 3 * PATCHES, seed=0)
-            errors[variants[0]].append(float(np.median(base[:PATCHES])) - truth)
-            errors[variants[1]].append(float(np.median(base)) - truth)
-            for r, v in zip(RATIOS, variants[2:]):
-                logs = [base[:PATCHES]] + [patch_logs(reg, im, f, PATCHES, seed=k + 1) for k, f in enumerate((1 / r, r))]
-                errors[v].append(float(np.median(np.concatenate(logs))) - truth)
-        print(f"{name:8s} {p.name:28s} " + "  ".join(f"{100 * (math.exp(errors[v][-1]) - 1):+6.1f}%" for v in variants),
-              flush=True)
+            logs = {1.0: base[:PATCHES], "48": base[PATCHES:]}
+            for v, factors in VARIANTS.items():
+                for f in factors:
+                    if f not in logs:
+                        logs[f] = patch_logs(reg, im, f, PATCHES, seed=len(logs))
+                errors[v].append(float(np.median(np.concatenate([logs[f] for f in factors]))) - truth)
     print("\ncross-validated on the training split (images x scales 1, 0.6, 1.6):")
     for v in variants:
         e = np.array(errors[v])

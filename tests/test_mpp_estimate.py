@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from pathsegmentor.inference import mpp_features as mf
-from pathsegmentor.inference.mpp_estimate import MppEstimateError, MppRegressor, estimate_mpp
+from pathsegmentor.inference.mpp_estimate import TEST_SCALES, MppEstimateError, MppRegressor, estimate_mpp
 
 
 def _he_like(n: int = 600, r: float = 7.0, seed: int = 0) -> np.ndarray:
@@ -32,9 +32,18 @@ def test_estimate_follows_the_scale_and_reports_its_range():
     b = np.asarray(Image.fromarray(a).resize((1200, 1200), Image.Resampling.BILINEAR))  # 2x finer pixels
     ea, eb = estimate_mpp(a), estimate_mpp(b)
     assert 0.3 < eb.mpp / ea.mpp < 0.7  # ideal 0.5
-    assert ea.low < ea.mpp < ea.high and ea.patches == 16 and ea.nuclei >= 50
+    assert ea.low < ea.mpp < ea.high and ea.patches == 16 * len(TEST_SCALES) and ea.nuclei >= 50
     assert "regressor" in ea.method and "µm/px" in ea.describe()
     assert estimate_mpp(a).mpp == ea.mpp  # fixed seed: the same patches, the same answer
+
+
+def test_test_time_scales_read_more_patches_and_agree():
+    a = _he_like()
+    one, three = estimate_mpp(a, scales=(1.0,)), estimate_mpp(a, scales=(1 / 1.4, 1.0, 1.4))
+    assert one.patches == 16 and three.patches == 48
+    assert 0.8 < three.mpp / one.mpp < 1.25  # each patch's estimate is corrected back by its factor
+    with pytest.raises(ValueError, match="must include 1.0"):
+        estimate_mpp(a, scales=(0.5, 2.0))
 
 
 def test_refusals_name_the_fix():

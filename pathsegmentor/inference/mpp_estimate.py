@@ -31,6 +31,7 @@ from . import mpp_features as mf
 
 REGRESSOR_FILE = Path(__file__).with_name("mpp_regressor.safetensors")
 PATCHES = 16
+TEST_SCALES: tuple[float, ...] = (1.0,)  # resampling factors the estimate reads the image at (bench/mpp_tta_cv.py)
 MIN_NUCLEI = 50
 MAX_RELATIVE_UNCERTAINTY = 0.6
 METHOD = ("MLP regressor over haematoxylin/eosin power spectra and haematoxylin object sizes of 256 px "
@@ -119,9 +120,13 @@ def default_regressor() -> MppRegressor:
 
 
 def estimate_mpp(images: np.ndarray | Sequence[np.ndarray], *, patches: int = PATCHES, seed: int = 0,
-                 regressor: MppRegressor | None = None) -> MppEstimate:
+                 regressor: MppRegressor | None = None, scales: Sequence[float] | None = None) -> MppEstimate:
     """Estimate the pixel size of ``images`` (one ``uint8 [H, W, 3]`` RGB image, or several regions of one
     slide at the same pixel size; sides of at least 128 px), in µm/px.
+
+    ``scales`` (default :data:`TEST_SCALES`): the images are also read resampled by each factor ``f``
+    (``patches`` patches per factor), each patch's estimate multiplied back by ``f``; the estimate is the
+    median over all patches. The nuclei count is taken at scale 1.
 
     Raises:
         MppEstimateError: images too small, too few nuclei found, or the estimate too uncertain or
@@ -133,7 +138,11 @@ def estimate_mpp(images: np.ndarray | Sequence[np.ndarray], *, patches: int = PA
     for im in images:
         if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
             raise ValueError(f"estimate_mpp needs uint8 [H, W, 3] RGB images; got {im.dtype} {im.shape}.")
-    crops = mf.sample_patches(images, patches, np.random.default_rng(seed))
+    scales = tuple(TEST_SCALES if scales is None else scales)
+    if not scales or any(not 0.25 <= f <= 4.0 for f in scales) or 1.0 not in scales:
+        raise ValueError(f"estimate_mpp: scales={scales!r} must include 1.0, every factor in 0.25-4")
+    rng = np.random.default_rng(seed)
+    crops = mf.sample_patches(images, patches, rng)
     if not crops:
         sizes = [im.shape[:2] for im in images]
         raise MppEstimateError(f"mpp auto: the image ({sizes}) is smaller than {mf.MIN_PATCH} px a side; {_FIX}.")
@@ -143,7 +152,15 @@ def estimate_mpp(images: np.ndarray | Sequence[np.ndarray], *, patches: int = PA
         raise MppEstimateError(f"mpp auto: only {nuclei} nuclei found in {len(crops)} patches (need {MIN_NUCLEI}): "
                                f"too little tissue, or not H&E, to estimate the pixel size; {_FIX}.")
     reg = regressor or default_regressor()
-    logs = reg(np.stack(feats).astype(np.float64))
+    logs = [reg(np.stack(feats).astype(np.float64))]
+    for f in (f for f in scales if f != 1.0):
+        from .image_io import resize_rgb
+
+        scaled = [resize_rgb(im, (max(1, round(im.shape[0] * f)), max(1, round(im.shape[1] * f)))) for im in images]
+        more = mf.sample_patches(scaled, patches, rng)
+        if more:
+            logs.append(reg(np.stack([mf.patch_features(c) for c in more]).astype(np.float64)) + math.log(f))
+    logs = np.concatenate(logs)
     log_m = float(np.median(logs))
     m = math.exp(log_m)
     spread = 1.2533 * float(np.std(logs)) / math.sqrt(len(logs))  # sampling error of the median
@@ -156,4 +173,4 @@ def estimate_mpp(images: np.ndarray | Sequence[np.ndarray], *, patches: int = PA
         raise MppEstimateError(f"mpp auto: the estimate {m:.3g} µm/px is too uncertain (±{100 * rel:.0f} %); {_FIX}.")
     d_px = float(np.median(np.concatenate(diam)))
     return MppEstimate(mpp=m, low=m * math.exp(-log_sd), high=m * math.exp(log_sd), relative_uncertainty=rel,
-                       nuclei=nuclei, patches=len(crops), median_diameter_um=d_px * m)
+                       nuclei=nuclei, patches=len(logs), median_diameter_um=d_px * m)
