@@ -31,7 +31,7 @@ from . import mpp_features as mf
 
 REGRESSOR_FILE = Path(__file__).with_name("mpp_regressor.safetensors")
 PATCHES = 16
-TEST_SCALES: tuple[float, ...] = (1.0,)  # resampling factors the estimate reads the image at (bench/mpp_tta_cv.py)
+TEST_SCALES: tuple[float, ...] = (1 / 1.25, 1.0, 1.25)  # resampling factors read (chosen on train: bench/mpp_tta_cv.py)
 MIN_NUCLEI = 50
 MAX_RELATIVE_UNCERTAINTY = 0.6
 METHOD = ("MLP regressor over haematoxylin/eosin power spectra and haematoxylin object sizes of 256 px "
