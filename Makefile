@@ -66,6 +66,8 @@ bench-tiny:
 	python bench/instances.py --model $(MODEL) --data $(CORPUS)
 	pathsegmentor evaluate --model $(MODEL) --data $(CORPUS) --split validation --source ebhi_seg --mpp-mode none \
 	  --out $(RUN)/eval-ebhi-mpp-none
+	pathsegmentor evaluate --model $(MODEL) --data $(CORPUS) --split validation --source ebhi_seg --mpp-mode auto \
+	  --out $(RUN)/eval-ebhi-mpp-auto
 	python bench/prompt_targets.py --model $(MODEL) --data $(CORPUS) --limit 40
 
 # the accuracy levers of the model card's ablation table: 600 more steps from the shipped weights under the v3 recipe,
