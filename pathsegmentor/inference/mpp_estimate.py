@@ -5,8 +5,9 @@ Method (a regressor over scale-telling patch features, never silent):
 1. Up to :data:`PATCHES` square patches (256 px, or the shortest side) are drawn over the image(s)
    with a fixed seed; each gives the features of :mod:`.mpp_features` (haematoxylin and eosin power
    spectra in log-frequency bins, stain statistics, haematoxylin object sizes in pixels).
-2. A small MLP (:data:`REGRESSOR_FILE`, 20 KB) maps each patch's features to ``log mpp``; the
-   estimate is the median over patches.
+2. A small MLP (:data:`REGRESSOR_FILE`, 20 KB) maps each patch's features to ``log mpp``. The image
+   is also read resampled by the factors of :data:`TEST_SCALES` (each patch's estimate corrected back by its
+   factor); the estimate is the median over all patches.
 3. Its one-sigma range combines the regressor's error measured by grouped cross-validation on the
    training images (stored with the weights) with the spread of the patch estimates.
 
@@ -35,7 +36,7 @@ TEST_SCALES: tuple[float, ...] = (1 / 1.25, 1.0, 1.25)  # resampling factors rea
 MIN_NUCLEI = 50
 MAX_RELATIVE_UNCERTAINTY = 0.6
 METHOD = ("MLP regressor over haematoxylin/eosin power spectra and haematoxylin object sizes of 256 px "
-          "patches (rgb2hed), fitted on resampled training images of MoNuSeg, GlaS and CoNSeP")
+          "patches (rgb2hed) read at 3 scales, fitted on resampled training images of MoNuSeg, GlaS and CoNSeP")
 _FIX = "pass the pixel size with --mpp X (mpp=X in Python), e.g. 0.25 for a 40x scan, 0.5 for 20x"
 
 
