@@ -92,6 +92,20 @@ def test_open_vocabulary_sends_raw_text(onto):
     assert (r.answered_as, r.relation) == ("zzzz qqq", "open")
     with pytest.raises(ValueError, match="Available: \\['model', 'open'\\]"):
         resolver(onto).resolve("nuclei", vocabulary="closed")
+    assert r.concept is None and r.segmented_as is None  # names no concept: the model's defaults apply
+
+
+def test_open_vocabulary_segments_a_named_concept_as_that_concept(onto, test_model):
+    """Raw text still goes to the text tower, but a synonym gets its concept's handling (working µm/px,
+    instances, size limit), as the canonical name does."""
+    r = resolver(onto, vocab=["nuclei"]).resolve("Cell Nuclei", vocabulary="open")
+    assert (r.answered_as, r.match, r.concept, r.segmented_as) == ("Cell Nuclei", "open", "nuclei", "nuclei")
+    assert "segmented as 'nuclei'" in r.reason
+    img = np.full((64, 64, 3), 200, np.uint8)
+    res = test_model.segment(img, ["cell nuclei", "zzzz"], mpp=0.5, vocabulary="open")
+    assert [x.segmented_as for x in res.resolutions] == ["nuclei", None]
+    counts = res.instance_counts  # instances decoded for the synonym of an instance concept only
+    assert counts[0] is not None and counts[1] is None
 
 
 def test_vocabulary_must_name_ontology_concepts(onto):

@@ -16,7 +16,8 @@ trained relative in the hierarchy — an ancestor (``broader``) first, else a de
 (``narrower``) — and said so; a whole-cell concept ("lymphocytes") with no trained relative is
 answered by its cells' nuclei concept (or that concept's trained relative: ``nuclei-of``); anything else is refused (empty mask, presence 0) with the reason and
 the three nearest answerable concepts. ``vocabulary="open"`` skips all of this and sends the raw text
-to the text tower (research use).
+to the text tower (research use); only the name/synonym lookup (step 1-2, no embeddings) still tells which
+concept's handling the answer gets (working µm/px, instance decoding, plausibility: ``segmented_as``).
 
 This module imports nothing from :mod:`pathsegmentor.modeling`: the text tower's ``encode`` is passed in.
 """
@@ -26,6 +27,7 @@ import hashlib
 import os
 import re
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -113,6 +115,13 @@ class PromptResolution:
         return self.answered_as is not None
 
     @property
+    def segmented_as(self) -> str | None:
+        """The concept whose handling the answer gets (working µm/px, instance decoding, size limits):
+        ``answered_as``; with ``vocabulary="open"`` the concept the raw phrase names by name, synonym or
+        normalised lookup (``concept``; None: it names none, and the model's defaults apply)."""
+        return self.concept if self.match == "open" else self.answered_as
+
+    @property
     def substituted(self) -> bool:
         """True when the model answers with a concept other than the one the phrase names."""
         return self.relation in ("broader", "narrower", "nuclei-of")
@@ -140,10 +149,18 @@ def check_vocabulary(vocabulary: str) -> None:
                          f"grounded in the ontology and the model's trained concepts; 'open': raw text, unchecked)")
 
 
-def open_resolution(prompt: str) -> PromptResolution:
-    """``vocabulary="open"``: the raw text goes to the text tower, unchecked."""
-    return PromptResolution(prompt, None, prompt, "open", "open", 1.0,
-                            "vocabulary='open': raw text sent to the text tower, not checked")
+def open_resolution(prompt: str, concept: str | None = None) -> PromptResolution:
+    """``vocabulary="open"``: the raw text goes to the text tower, unchecked; ``concept``: the one the phrase
+    names by lookup (its handling is used: :attr:`PromptResolution.segmented_as`)."""
+    handled = f"; segmented as '{concept}' (its working resolution and instances)" if concept else ""
+    return PromptResolution(prompt, concept, prompt, "open", "open", 1.0,
+                            f"vocabulary='open': raw text sent to the text tower, not checked{handled}")
+
+
+@lru_cache(maxsize=1)
+def _lookup_only() -> "PromptResolver":
+    """A resolver of the package ontology without a text tower (name / synonym / normalised lookup only)."""
+    return PromptResolver(Ontology.load())
 
 
 def geometric(label: str) -> PromptResolution:
@@ -264,7 +281,7 @@ class PromptResolver:
         """Resolve one phrase; see the module docstring for the order and the policy."""
         check_vocabulary(vocabulary)
         if vocabulary == "open":
-            return open_resolution(prompt)
+            return open_resolution(prompt, self.lookup(prompt)[0])
         concept, match = self.lookup(prompt)
         similarity = 1.0
         if concept is None and self.encode is not None:
@@ -357,5 +374,5 @@ def resolve_prompts(model, prompts: Sequence[str], vocabulary: str = "model") ->
     """Resolutions of ``prompts`` for ``model`` (``vocabulary="open"`` needs nothing of the model)."""
     check_vocabulary(vocabulary)
     if vocabulary == "open":
-        return [open_resolution(p) for p in prompts]
+        return _lookup_only().resolve_all(prompts, "open")
     return resolver_for(model).resolve_all(prompts, vocabulary)

@@ -53,7 +53,7 @@ class SegmentationResult:
         from .separation import is_instance_concept
 
         r = self.resolutions[i] if self.resolutions else None
-        return r is not None and r.answered and is_instance_concept(r.answered_as)
+        return r is not None and r.answered and is_instance_concept(r.segmented_as)
 
     @property
     def labels(self) -> list[str]:

@@ -94,7 +94,7 @@ def segment_image(model: "PathSegmentor", image: ImageInput, prompts: str | Sequ
         return segment_by_instances(model, rgb, prompts, names, geo_boxes, geo_points, mpp, run, estimate)
     resolutions = resolve_prompts(model, prompts, vocabulary) if prompts else [geometric(nm) for nm in names]
     decoder = inf.instances if instances == "auto" else instances
-    want_instances = [bool(prompts) and r.answered and instances != "none" and is_instance_concept(r.answered_as)
+    want_instances = [bool(prompts) and r.answered and instances != "none" and is_instance_concept(r.segmented_as)
                       for r in resolutions]
     separation = getattr(model, "has_separation", False) and decoder in ("auto", "hv", "distance")
     probs = np.zeros((n, H, W), np.float32)
@@ -132,8 +132,8 @@ def segment_image(model: "PathSegmentor", image: ImageInput, prompts: str | Sequ
     present = presence >= pthr
     masks = (probs > mthr) & present[:, None, None]
     if prompts:  # parts of a nucleus mask larger than any cluster of nuclei (ink, pigment, debris)
-        drop_oversized(masks, inst_maps, [r.answered_as if r.answered else None for r in resolutions],
-                       [(mpp if mpp is not None else working_mpp(model.config.preprocess, r.answered_as)) ** 2
+        drop_oversized(masks, inst_maps, [r.segmented_as if r.answered else None for r in resolutions],
+                       [(mpp if mpp is not None else working_mpp(model.config.preprocess, r.segmented_as)) ** 2
                         for r in resolutions],
                        float(getattr(inf, "max_cell_component_um2", 0.0) or 0.0))
     return SegmentationResult(prompts=names, masks=masks, probs=probs, presence=presence.astype(np.float32),
@@ -176,7 +176,7 @@ def _groups(model, resolutions, text: bool, mpp: float | None, boxes=None) -> li
         return [(pp.mpp, rows)] if rows else []
     by: dict[float, list[int]] = {}
     for i in rows:
-        by.setdefault(working_mpp(pp, resolutions[i].answered_as), []).append(i)
+        by.setdefault(working_mpp(pp, resolutions[i].segmented_as), []).append(i)
     return sorted(by.items())
 
 

@@ -177,7 +177,7 @@ def segment_view(model: Any, cache: EmbeddingCache, image: OpenedImage, result_i
     t_seg = time.perf_counter()
     labels = []
     for i, p in enumerate(res.prompts):
-        inst = is_instance_prompt(res.resolutions[i].answered_as or p) if res.resolutions else False
+        inst = is_instance_prompt(res.resolutions[i].segmented_as or p) if res.resolutions else False
         if res.instances is not None and res.instance_counts[i] is not None:  # the model's own instance decoder
             labels.append(res.instances[i])
         else:

@@ -104,7 +104,7 @@ def segment_slide(model, path: str | Path, prompts: str | Sequence[str], out: st
     # runs at the finest of them, said so in the summary
     from ..inference.separation import is_instance_concept, working_mpp
 
-    group_mpps = sorted({working_mpp(cfg.preprocess, r.answered_as) for r in resolutions})
+    group_mpps = sorted({working_mpp(cfg.preprocess, r.segmented_as) for r in resolutions})
     model_mpp = float(group_mpps[0])
     tile = int(tile or cfg.preprocess.input_size)
     overlap = int(cfg.inference.tile_overlap if overlap is None else overlap)
@@ -154,7 +154,7 @@ def segment_slide(model, path: str | Path, prompts: str | Sequence[str], out: st
         mine = [b for b in bands_for_rank(len(plan), procs.rank, procs.world) if not store.done(b)]
         text_emb = model.encode_text([r.answered_as for r in resolutions])
         # instance prompts of a model with a separation head: their separation maps travel as extra planes
-        inst_flags = [(is_instance_concept(r.answered_as) or is_instance_prompt(r.prompt)) if instances is None
+        inst_flags = [(is_instance_concept(r.segmented_as) or is_instance_prompt(r.prompt)) if instances is None
                       else bool(instances) for r in resolutions]
         sep_rows = [i for i, f in enumerate(inst_flags) if f] if getattr(model, "has_separation", False) else []
         n_tiles = len(mine) * len(plan.xs) * rows_per_band
