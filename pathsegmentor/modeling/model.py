@@ -320,7 +320,9 @@ class PathSegmentor(nn.Module):
             vocabulary: ``"model"`` (default): each phrase is grounded in the ontology and answered only
                 for concepts this model was trained on (or their trained parent/sub-concept, said so);
                 other phrases get an empty mask, presence 0 and the reason (``res.resolutions``).
-                ``"open"``: raw text to the text tower, unchecked (research).
+                ``"open"``: raw text to the text tower, unchecked (research); a phrase that names a concept
+                by name or synonym still gets its working µm/px, instances and size limit
+                (``res.resolutions[i].segmented_as``).
             instances: instance decoder for nuclei/cell/gland prompts (``res.instances``): ``"auto"`` (the
                 model's separation maps if it predicts them, else a watershed of the mask), ``"hv"``,
                 ``"distance"``, ``"watershed"``, or ``"none"``.
