@@ -60,10 +60,9 @@ def load(path: Path) -> np.ndarray:
 
 def rescale(rgb: np.ndarray, s: float) -> np.ndarray:
     """``rgb`` resampled by ``s`` (the package's resize: box filter when shrinking, bilinear when enlarging)."""
-    from pathsegmentor.inference.image_io import resize_rgb
+    from pathsegmentor.inference.image_io import scale_rgb
 
-    h, w = rgb.shape[:2]
-    return resize_rgb(rgb, (max(1, round(h * s)), max(1, round(w * s))))
+    return scale_rgb(rgb, s)
 
 
 FIT_SCALES = 10
@@ -92,6 +91,29 @@ def training_features(per_set: int | None) -> tuple[np.ndarray, np.ndarray, np.n
                 g.append(i * FIT_VIEWS + k)
         print(f"{name:8s} {p.name}", flush=True)
     return np.array(X, np.float64), np.array(y), np.array(g)
+
+
+def cached_training_features(path: str | None, per_set: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`training_features`, read from the ``.npz`` at ``path`` when it exists, else computed (and
+    written there when ``path`` is given)."""
+    if path and Path(path).is_file():
+        with np.load(path) as cached:
+            X, y, g = cached["X"], cached["y"], cached["g"]
+        print(f"training features from {path}: {X.shape}")
+        return X, y, g
+    X, y, g = training_features(per_set)
+    if path:
+        np.savez_compressed(path, X=X, y=y, g=g)
+    return X, y, g
+
+
+def folds(g: np.ndarray) -> np.ndarray:
+    """The cross-validation fold (0-4) of every training patch: grouped by image (its views share one),
+    images permuted with seed 0."""
+    image = g // FIT_VIEWS
+    ids = np.unique(image)
+    fold_of = dict(zip(ids, np.random.default_rng(0).permutation(ids) % 5))
+    return np.array([fold_of[i] for i in image])
 
 
 def train_mlp(X: np.ndarray, y: np.ndarray, hidden: int, weight_decay: float, dropout: float, seed: int = 0):
@@ -141,18 +163,9 @@ def fit(per_set: int | None, features: str | None = None) -> None:
     from pathsegmentor.inference.mpp_estimate import REGRESSOR_FILE, MppRegressor
 
     torch.set_num_threads(1)
-    if features and Path(features).is_file():
-        cached = np.load(features)
-        X, y, g = cached["X"], cached["y"], cached["g"]
-        print(f"training features from {features}: {X.shape}")
-    else:
-        X, y, g = training_features(per_set)
-        if features:
-            np.savez_compressed(features, X=X, y=y, g=g)
+    X, y, g = cached_training_features(features, per_set)
     image = g // FIT_VIEWS
-    folds = np.random.default_rng(0).permutation(np.unique(image)) % 5
-    fold_of = dict(zip(np.unique(image), folds))
-    fold = np.array([fold_of[i] for i in image])
+    fold = folds(g)
     meta = {"features": mpp_features.VERSION}
 
     def cross_validate(make) -> tuple[float, float]:

@@ -43,12 +43,6 @@ PATCHES = 16
 SHIPPED = dict(hidden=64, weight_decay=1e-3, dropout=0.1)
 
 
-def folds_of(images: np.ndarray) -> dict[int, int]:
-    """The fit's fold of each training image id (``bench/mpp_auto.py --fit``: permutation seed 0, 5 folds)."""
-    ids = np.unique(images)
-    return dict(zip(ids, np.random.default_rng(0).permutation(ids) % 5))
-
-
 def patch_logs(reg, rgb: np.ndarray, factor: float, count: int, seed: int) -> np.ndarray:
     """log mpp of ``count`` patches of ``rgb`` resampled by ``factor``, corrected back to ``rgb``'s pixels."""
     from pathsegmentor.inference.mpp_features import patch_features, sample_patches
@@ -69,16 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--per-set", type=int, default=None, help="at most this many images per dataset")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    if args.features and Path(args.features).is_file():
-        cached = np.load(args.features)
-        X, y, g = cached["X"], cached["y"], cached["g"]
-    else:
-        X, y, g = mb.training_features(args.per_set)
-        if args.features:
-            np.savez_compressed(args.features, X=X, y=y, g=g)
-    image = g // mb.FIT_VIEWS
-    fold_of = folds_of(image)
-    fold = np.array([fold_of[i] for i in image])
+    X, y, g = mb.cached_training_features(args.features, args.per_set)
+    fold = mb.folds(g)
+    fold_of = dict(zip(g // mb.FIT_VIEWS, fold))  # training image id -> its fold
     meta = {"features": mpp_features.VERSION, "cv_log_std": "0"}
     regs = {f: MppRegressor(mb.train_mlp(X[fold != f], y[fold != f], **SHIPPED), meta) for f in range(5)}
     variants = list(VARIANTS)

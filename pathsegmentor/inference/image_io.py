@@ -143,3 +143,9 @@ def resize_rgb(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     shrinking = h < image.shape[0]
     resample = Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR
     return np.array(Image.fromarray(image).resize((w, h), resample=resample))  # writable copy
+
+
+def scale_rgb(image: np.ndarray, factor: float) -> np.ndarray:
+    """``uint8 [H, W, 3]`` resampled by ``factor`` (:func:`resize_rgb`; sides rounded, at least 1 px)."""
+    h, w = image.shape[:2]
+    return resize_rgb(image, (max(1, round(h * factor)), max(1, round(w * factor))))

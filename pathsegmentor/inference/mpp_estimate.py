@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import mpp_features as mf
+from .image_io import scale_rgb
 
 REGRESSOR_FILE = Path(__file__).with_name("mpp_regressor.safetensors")
 PATCHES = 16
@@ -155,10 +156,7 @@ def estimate_mpp(images: np.ndarray | Sequence[np.ndarray], *, patches: int = PA
     reg = regressor or default_regressor()
     logs = [reg(np.stack(feats).astype(np.float64))]
     for f in (f for f in scales if f != 1.0):
-        from .image_io import resize_rgb
-
-        scaled = [resize_rgb(im, (max(1, round(im.shape[0] * f)), max(1, round(im.shape[1] * f)))) for im in images]
-        more = mf.sample_patches(scaled, patches, rng)
+        more = mf.sample_patches([scale_rgb(im, f) for im in images], patches, rng)
         if more:
             logs.append(reg(np.stack([mf.patch_features(c) for c in more]).astype(np.float64)) + math.log(f))
     logs = np.concatenate(logs)
