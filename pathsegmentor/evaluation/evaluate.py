@@ -248,7 +248,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cross-prompt", action="append", default=[], help="also score this prompt against every "
                         "ground-truth category (repeatable)")
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N images")
-    parser.add_argument("--instances", default="auto", choices=["auto", "hv", "distance", "watershed"],
+    parser.add_argument("--instances", default="auto", choices=["auto", "hv", "distance", "border", "watershed"],
                         help="instance decoder for AJI/PQ (default: the model's own)")
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     parser.add_argument("--mpp-scale", type=float, default=1.0,

@@ -24,7 +24,7 @@ from .result import SegmentationResult
 from .separation import decode_instances, is_instance_concept, resize_labels, working_mpp
 from .tiling import BlendAccumulator, tile_grid
 
-INSTANCE_CHOICES = ("auto", "hv", "distance", "watershed", "none")
+INSTANCE_CHOICES = ("auto", "hv", "distance", "border", "watershed", "none")
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..modeling.model import PathSegmentor
@@ -96,7 +96,7 @@ def segment_image(model: "PathSegmentor", image: ImageInput, prompts: str | Sequ
     decoder = inf.instances if instances == "auto" else instances
     want_instances = [bool(prompts) and r.answered and instances != "none" and is_instance_concept(r.segmented_as)
                       for r in resolutions]
-    separation = getattr(model, "has_separation", False) and decoder in ("auto", "hv", "distance")
+    separation = getattr(model, "has_separation", False) and decoder in ("auto", "hv", "distance", "border")
     probs = np.zeros((n, H, W), np.float32)
     presence = np.zeros(n, np.float32)
     inst_maps = np.zeros((n, H, W), np.int32) if any(want_instances) else None

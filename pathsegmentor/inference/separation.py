@@ -8,11 +8,15 @@ channels per instance-type prompt:
   x (resp. y) distance to the object's centre of mass, divided by the largest such distance in that
   object, so values lie in [-1, 1] and jump sharply where two objects touch;
 * ``2`` — **border distance** (DIST-style): the Euclidean distance to the object's border divided by
-  the object's largest one, in [0, 1], highest at the centre, 0 on the background.
+  the object's largest one, in [0, 1], highest at the centre, 0 on the background;
+* ``3`` (models with four channels) — the **thick-border class** (contour-aware U-Nets, DCAN): 1 on the
+  object pixels within ``BORDER_PX`` pixels of the object's edge (where it meets the background or another
+  object), 0 elsewhere. A thick border is what separates touching objects cheaply.
 
 Decoders (:func:`decode_instances`): ``"hv"`` seeds a watershed where the centre offsets change
 smoothly (object interiors) and cuts where they jump; ``"distance"`` seeds at the cores where the
-predicted border distance is high; ``"watershed"`` uses only the binary mask (distance transform
+predicted border distance is high; ``"border"`` seeds at the mask pixels off the predicted thick border
+and grows them back over it; ``"watershed"`` uses only the binary mask (distance transform
 h-maxima, :func:`~pathsegmentor.inference.instances.separate_instances`), the decoder of models
 without a separation head.
 """
@@ -25,18 +29,22 @@ import numpy as np
 from .instances import drop_small, seed_unseeded, separate_instances
 
 CHANNELS = 3
-DECODERS = ("hv", "distance", "watershed")
+BORDER_PX = 3.0
+DECODERS = ("hv", "distance", "border", "watershed")
 
 
-def separation_targets(instances: np.ndarray) -> np.ndarray:
-    """``int [H, W]`` instance ids (0 background) -> ``float32 [3, H, W]``: centre offsets x, y in
-    [-1, 1] and border distance in [0, 1] (0 on the background). A one-pixel object gets offsets 0 and
-    distance 1."""
+def separation_targets(instances: np.ndarray, channels: int = CHANNELS, border_px: float = BORDER_PX) -> np.ndarray:
+    """``int [H, W]`` instance ids (0 background) -> ``float32 [channels, H, W]``: centre offsets x, y in
+    [-1, 1] and border distance in [0, 1] (0 on the background); with ``channels=4`` also the thick-border
+    class (1 on object pixels whose distance to the object's edge is at most ``border_px``). A one-pixel object
+    gets offsets 0, distance 1 and border 1."""
     from scipy import ndimage as ndi
 
+    if channels not in (3, 4):
+        raise ValueError(f"separation targets have 3 or 4 channels, got {channels}")
     inst = np.asarray(instances)
     h, w = inst.shape
-    out = np.zeros((CHANNELS, h, w), np.float32)
+    out = np.zeros((channels, h, w), np.float32)
     if not inst.any():
         return out
     for i, sl in enumerate(ndi.find_objects(inst.astype(np.int32, copy=False)), start=1):
@@ -52,14 +60,17 @@ def separation_targets(instances: np.ndarray) -> np.ndarray:
         out[1][sl][obj] = dy / max(np.abs(dy).max(), 1e-6) if np.abs(dy).max() > 0 else 0.0
         d = ndi.distance_transform_edt(np.pad(obj, 1))[1:-1, 1:-1]
         out[2][sl][obj] = (d / d.max())[obj]
+        if channels == 4:
+            out[3][sl][obj] = (d <= border_px)[obj]
     return out
 
 
 def activate(raw: np.ndarray) -> np.ndarray:
-    """Raw head outputs ``[..., 3, H, W]`` -> maps in their ranges (``tanh`` offsets, ``sigmoid`` distance)."""
+    """Raw head outputs ``[..., K, H, W]`` -> maps in their ranges (``tanh`` offsets, ``sigmoid`` distance and
+    border)."""
     out = np.empty_like(raw, dtype=np.float32)
     out[..., :2, :, :] = np.tanh(raw[..., :2, :, :])
-    out[..., 2, :, :] = 1.0 / (1.0 + np.exp(-raw[..., 2, :, :]))
+    out[..., 2:, :, :] = 1.0 / (1.0 + np.exp(-raw[..., 2:, :, :]))
     return out
 
 
@@ -115,18 +126,39 @@ def instances_from_distance(mask: np.ndarray, distance: np.ndarray, *, core: flo
     return drop_small(labels, min_area)
 
 
+def instances_from_border(mask: np.ndarray, border: np.ndarray, *, threshold: float = 0.5,
+                          min_area: int = 4) -> np.ndarray:
+    """Instances from a mask and the predicted thick-border probability ``float [H, W]`` in [0, 1]: markers are
+    the connected mask pixels off the border (``border < threshold``); a watershed on the border probability
+    grows them back over the border inside the mask. Components without a marker are kept as one object each.
+    ``int32 [H, W]``."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return np.zeros(mask.shape, np.int32)
+    b = np.where(mask, border, 1.0).astype(np.float32)
+    markers, _ = ndi.label(mask & (b < threshold))
+    markers = drop_small(markers, 3)
+    markers = seed_unseeded(markers, int(markers.max()), mask, 1.0 - b)
+    labels = watershed(b, markers, mask=mask).astype(np.int32)
+    return drop_small(labels, min_area)
+
+
 def decode_instances(mask: np.ndarray, maps: np.ndarray | None, method: str = "auto", *,
                      min_area: int = 4) -> np.ndarray:
     """One instance decoder for ``segment()``, whole slides and evaluation.
 
     Args:
         mask: ``bool [H, W]`` semantic mask of one instance-type prompt.
-        maps: ``float [3, H, W]`` activated separation maps (:func:`activate`), or None.
-        method: ``"auto"`` (``"hv"`` with maps, else ``"watershed"``), ``"hv"``, ``"distance"``, ``"watershed"``.
+        maps: ``float [3 or 4, H, W]`` activated separation maps (:func:`activate`), or None.
+        method: ``"auto"`` (``"border"`` with four maps, ``"hv"`` with three, else ``"watershed"``), ``"hv"``,
+            ``"distance"``, ``"border"`` (four maps), ``"watershed"``.
     Returns ``int32 [H, W]`` instance ids, 0 background.
     """
     if method == "auto":
-        method = "hv" if maps is not None else "watershed"
+        method = "watershed" if maps is None else ("border" if len(maps) > 3 else "hv")
     if method not in DECODERS:
         raise ValueError(f"Unknown instance decoder '{method}'. Available: {['auto', *DECODERS]}")
     if method != "watershed" and maps is None:
@@ -136,6 +168,11 @@ def decode_instances(mask: np.ndarray, maps: np.ndarray | None, method: str = "a
         return instances_from_hv(mask, maps[:2], min_area=min_area)
     if method == "distance":
         return instances_from_distance(mask, maps[2], min_area=min_area)
+    if method == "border":
+        if len(maps) < 4:
+            raise ValueError("instance decoder 'border' needs the thick-border map (a model with "
+                             "mask_decoder.separation_channels=4); use 'hv', 'distance' or 'auto'")
+        return instances_from_border(mask, maps[3], min_area=min_area)
     return separate_instances(mask, min_area=min_area)
 
 

@@ -37,7 +37,9 @@ def build_model(cfg: ModelConfig, model_cls: type):
                                       num_heads=md.num_heads, num_multimask_outputs=md.num_multimask_outputs,
                                       iou_head_depth=md.iou_head_depth, iou_head_hidden_dim=md.iou_head_hidden_dim,
                                       hires=md.hires, hires_dim=md.hires_dim, skip_channels=skip_c,
-                                      separation_channels=md.separation_channels)
+                                      separation_channels=md.separation_channels, dense=md.dense,
+                                      dense_skip_channels=getattr(image_encoder, "skip_channels", {}),
+                                      dense_widths=tuple(md.dense_widths), dense_dim=md.dense_dim)
     adapter = TextPromptAdapter(text_dim=text_encoder.dim, embed_dim=md.transformer_dim,
                                 num_tokens=cfg.prompt_adapter.num_tokens, hidden_dim=cfg.prompt_adapter.hidden_dim,
                                 dropout=cfg.prompt_adapter.dropout)
@@ -56,7 +58,13 @@ UNUSED_SAM_PARTS = ("mask_decoder.output_hypernetworks_mlps.1.", "mask_decoder.o
                     "prompt_encoder.mask_downscaling.")
 
 
+# in dense mode the masks are read from the pixel decoder: SAM's per-prompt upscaling and its mask hypernetwork
+# stay (official checkpoints load) but are not used
+UNUSED_IN_DENSE = ("mask_decoder.output_upscaling.", "mask_decoder.output_hypernetworks_mlps.0.")
+
+
 def freeze_unused_sam_parts(model) -> None:
+    unused = UNUSED_SAM_PARTS + (UNUSED_IN_DENSE if getattr(model.mask_decoder, "dense", False) else ())
     for name, p in model.named_parameters():
-        if name.startswith(UNUSED_SAM_PARTS):
+        if name.startswith(unused):
             p.requires_grad_(False)

@@ -78,6 +78,12 @@ class MaskDecoderConfig:
     hires_dim: int = 32
     # instance separation maps predicted beside the mask (0: none; 3: centre offsets x/y + border distance)
     separation_channels: int = 0
+    # dense mode: a pixel decoder (modeling/pixel_decoder.py) fuses the encoder's stride-16/8/4/2 features to
+    # per-pixel embeddings of dense_dim channels at stride 2, once per image; each prompt's mask and separation
+    # maps are products with weights its mask token predicts (replaces the hires path and separation head)
+    dense: bool = False
+    dense_widths: tuple[int, ...] = (128, 96, 64, 48)
+    dense_dim: int = 32
 
 
 @dataclass
@@ -198,9 +204,24 @@ def _type_hints(cls) -> dict[str, Any]:
 
 
 def apply_overrides(cfg, overrides: dict[str, Any]):
-    """Return a copy of dataclass ``cfg`` with dotted-key overrides (``"mask_decoder.hires": False``)."""
+    """Return a copy of dataclass ``cfg`` with dotted-key overrides (``"mask_decoder.hires": False``). A section
+    given as a mapping (``{"mask_decoder": {"hires": False}}``) is merged key by key, not replaced."""
     data = dataclasses.asdict(cfg)
+    flat: dict[str, Any] = {}
+
+    def flatten(prefix: str, value: Any, node: Any) -> None:
+        if isinstance(value, dict) and isinstance(node, dict) and value:
+            for k, v in value.items():
+                flatten(f"{prefix}.{k}", v, node.get(k))
+        else:
+            flat[prefix] = value
+
     for dotted, value in overrides.items():
+        node = data
+        for p in dotted.split("."):
+            node = node.get(p) if isinstance(node, dict) else None
+        flatten(dotted, value, node)
+    for dotted, value in flat.items():
         node = data
         parts = dotted.split(".")
         for p in parts[:-1]:

@@ -36,17 +36,22 @@ class ImageFeatures:
     Attributes:
         embedding: ``float [B, C, h, w]`` with ``h = H / 16`` (the mask decoder's image tokens).
         skips: stride -> ``float [B, C_s, H / s, W / s]`` early features (may be empty).
+        pixel_embedding: ``float [B, C_d, H / 2, W / 2]``, the dense pixel decoder's output (models in dense mode),
+            filled the first time a prompt is decoded and read by every later prompt of the same images.
     """
 
     embedding: torch.Tensor
     skips: dict[int, torch.Tensor] = field(default_factory=dict)
+    pixel_embedding: torch.Tensor | None = None
 
     def to(self, *args, **kwargs) -> "ImageFeatures":
+        pe = self.pixel_embedding.to(*args, **kwargs) if self.pixel_embedding is not None else None
         return ImageFeatures(self.embedding.to(*args, **kwargs),
-                             {k: v.to(*args, **kwargs) for k, v in self.skips.items()})
+                             {k: v.to(*args, **kwargs) for k, v in self.skips.items()}, pe)
 
     def select(self, index: torch.Tensor | slice) -> "ImageFeatures":
-        return ImageFeatures(self.embedding[index], {k: v[index] for k, v in self.skips.items()})
+        pe = self.pixel_embedding[index] if self.pixel_embedding is not None else None
+        return ImageFeatures(self.embedding[index], {k: v[index] for k, v in self.skips.items()}, pe)
 
 
 class LayerNorm2d(nn.Module):

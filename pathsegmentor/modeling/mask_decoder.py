@@ -14,7 +14,11 @@ state-dict keys, so official weights load) and changes how one decode runs:
 * **separation head** (optional, ``separation_channels > 0``): per prompt, a small conv net on the
   stride-2 mask features predicts maps that separate touching objects (channels 0-1: horizontal and
   vertical distance to the object's centre, HoVer-Net style; channel 2: distance to the object's
-  border; see :mod:`pathsegmentor.inference.separation`).
+  border; channel 3 where present: the thick-border class; see :mod:`pathsegmentor.inference.separation`);
+* **dense mode** (``dense=True``, replaces the two above): a :class:`~.pixel_decoder.PixelDecoder` turns the
+  encoder's multi-scale features into per-pixel embeddings at stride 2 once per image, and each prompt's
+  mask and separation maps are products of that embedding with weights its mask token predicts (SAM's
+  hypernetwork, Mask2Former's mask embedding): a prompt costs a product, not a conv net.
 
 With ``hires=False`` and points/boxes only, the masks are exactly upstream's single-mask output.
 """
@@ -28,6 +32,7 @@ from torch import nn
 
 from .._compat import ensure_torchvision
 from .image_encoder import LayerNorm2d
+from .pixel_decoder import PixelDecoder
 
 
 class HighResFeatures(nn.Module):
@@ -96,7 +101,9 @@ def _mask_decoder_class():
     class PathSegMaskDecoder(MaskDecoder):
         def __init__(self, *, transformer_dim: int, transformer: nn.Module, num_multimask_outputs: int = 3,
                      iou_head_depth: int = 3, iou_head_hidden_dim: int = 256, hires: bool = True,
-                     hires_dim: int = 32, skip_channels: int = 0, separation_channels: int = 0) -> None:
+                     hires_dim: int = 32, skip_channels: int = 0, separation_channels: int = 0,
+                     dense: bool = False, dense_skip_channels: dict[int, int] | None = None,
+                     dense_widths: tuple[int, ...] = (128, 96, 64, 48), dense_dim: int = 32) -> None:
             super().__init__(transformer_dim=transformer_dim, transformer=transformer,
                              num_multimask_outputs=num_multimask_outputs, iou_head_depth=iou_head_depth,
                              iou_head_hidden_dim=iou_head_hidden_dim)
@@ -109,13 +116,25 @@ def _mask_decoder_class():
             self.hires_hypernetwork = MLP(transformer_dim, transformer_dim, c, 3)
             self.presence_head = MLP(2 * transformer_dim, transformer_dim, 1, 3)
             self.separation_channels = separation_channels
-            self.separation_head = SeparationHead(dim=c, channels=separation_channels) if separation_channels else None
+            self.dense = dense
+            if dense:  # per-pixel embeddings once per image; every output map is a product with them
+                self.hires = False
+                self.hires_features = self.hires_fuse = self.hires_hypernetwork = self.separation_head = None
+                self.pixel_decoder = PixelDecoder(in_dim=transformer_dim, skip_channels=dense_skip_channels or {},
+                                                  widths=tuple(dense_widths), out_dim=dense_dim)
+                # per prompt: (1 + separation channels) maps x (dense_dim weights + 1 bias)
+                self.dense_hypernetwork = MLP(transformer_dim, transformer_dim,
+                                              (1 + separation_channels) * (dense_dim + 1), 3)
+            else:
+                self.separation_head = (SeparationHead(dim=c, channels=separation_channels)
+                                        if separation_channels else None)
 
         def decode(self, *, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
                    sparse_prompt_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor,
                    image_index: torch.Tensor, num_text_tokens: int = 0,
                    pixels: torch.Tensor | None = None, skip4: torch.Tensor | None = None,
-                   hires: bool | None = None, separation: bool | torch.Tensor = False) -> DecoderOutput:
+                   hires: bool | None = None, separation: bool | torch.Tensor = False,
+                   pixel_embedding: torch.Tensor | None = None) -> DecoderOutput:
             """Decode M prompts over B images.
 
             Args:
@@ -135,7 +154,7 @@ def _mask_decoder_class():
             if isinstance(separation, torch.Tensor):
                 sep_rows = separation.nonzero(as_tuple=True)[0]
                 separation = bool(sep_rows.numel())
-            if separation and self.separation_head is None:
+            if separation and self.separation_head is None and not (self.dense and self.separation_channels):
                 raise ValueError("this model has no separation head (mask_decoder.separation_channels is 0); "
                                  "use the watershed instance decoder instead")
             use_hires = self.hires if hires is None else hires
@@ -155,10 +174,20 @@ def _mask_decoder_class():
             else:
                 prompt_out = hs[:, n_out:, :].mean(1)
             presence = self.presence_head(torch.cat([prompt_out, mask_token_out], dim=-1)).squeeze(-1)
+            iou_pred = self.iou_prediction_head(iou_token_out)[:, 0]
+            if self.dense:
+                if pixel_embedding is None:
+                    raise ValueError("dense mode needs the pixel embedding (PathSegmentor.decode computes it once "
+                                     "per image)")
+                maps = _dense_maps(self.dense_hypernetwork(mask_token_out), pixel_embedding, image_index)
+                sep = maps[:, 1:] if separation else None
+                if sep is not None and sep_rows is not None:
+                    keep = torch.zeros(m, dtype=torch.bool, device=maps.device).index_fill(0, sep_rows, True)
+                    sep = sep * keep[:, None, None, None].to(sep.dtype)
+                return DecoderOutput(maps[:, 0], presence, iou_pred, stride=2, separation=sep)
             src = src.transpose(1, 2).reshape(b, c, h, w)
             up4 = self.output_upscaling(src)  # [M, c/8, 4h, 4w]
             hyper = self.output_hypernetworks_mlps[0](mask_token_out)  # [M, c/8]
-            iou_pred = self.iou_prediction_head(iou_token_out)[:, 0]
             if not use_hires:
                 logits = torch.einsum("mc,mchw->mhw", hyper, up4)
                 sep = None
@@ -189,6 +218,35 @@ def _mask_decoder_class():
     return PathSegMaskDecoder
 
 
+def _dense_maps(weights: torch.Tensor, embedding: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:
+    """Each prompt's maps as a product with its image's pixel embedding.
+
+    ``weights [M, K * (C + 1)]`` (per map: C weights and a bias), ``embedding [B, C, h, w]``, ``image_index
+    int64 [M]`` -> ``[M, K, h, w]``. Grouped by image, so the embedding is never copied per prompt; the groups
+    are put back in row order with one gather (no zero-filled scatter per image, forward or backward).
+    """
+    m = weights.shape[0]
+    c = embedding.shape[1]
+    w = weights.view(m, -1, c + 1)
+    b = embedding.shape[0]
+    if m % b == 0 and bool((image_index == torch.arange(b, device=image_index.device).repeat_interleave(m // b)).all()):
+        # training's layout (the same number of prompts per image, in image order): one batched product
+        wb = w.view(b, -1, c + 1)
+        out = torch.baddbmm(wb[..., c:], wb[..., :c], embedding.flatten(2))
+        return out.view(m, w.shape[1], *embedding.shape[-2:])
+    order = torch.argsort(image_index, stable=True)
+    images, counts = torch.unique_consecutive(image_index[order], return_counts=True)
+    chunks, start = [], 0
+    for i, n in zip(images.tolist(), counts.tolist()):
+        wi = w[order[start:start + n]]
+        chunks.append(torch.einsum("mkc,chw->mkhw", wi[..., :c], embedding[i]) + wi[..., c, None, None])
+        start += n
+    out = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+    if bool((order == torch.arange(m, device=order.device)).all()):
+        return out
+    return out.index_select(0, torch.argsort(order))
+
+
 def _rows_apply(head: nn.Module, feats: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor | None,
                 total: int) -> torch.Tensor:
     """The separation head on ``feats``/``logits`` (already restricted to ``rows`` when given), scattered into
@@ -202,7 +260,9 @@ def _rows_apply(head: nn.Module, feats: torch.Tensor, logits: torch.Tensor, rows
 def build_mask_decoder(*, transformer_dim: int, depth: int, mlp_dim: int, num_heads: int,
                        num_multimask_outputs: int = 3, iou_head_depth: int = 3, iou_head_hidden_dim: int = 256,
                        hires: bool = True, hires_dim: int = 32, skip_channels: int = 0,
-                       separation_channels: int = 0) -> nn.Module:
+                       separation_channels: int = 0, dense: bool = False,
+                       dense_skip_channels: dict[int, int] | None = None,
+                       dense_widths: tuple[int, ...] = (128, 96, 64, 48), dense_dim: int = 32) -> nn.Module:
     ensure_torchvision()
     from segment_anything.modeling.transformer import TwoWayTransformer
 
@@ -221,4 +281,8 @@ def build_mask_decoder(*, transformer_dim: int, depth: int, mlp_dim: int, num_he
         hires_dim=hires_dim,
         skip_channels=skip_channels,
         separation_channels=separation_channels,
+        dense=dense,
+        dense_skip_channels=dense_skip_channels,
+        dense_widths=dense_widths,
+        dense_dim=dense_dim,
     )

@@ -117,6 +117,17 @@ class PathSegmentor(nn.Module):
         template = self.config.preprocess.prompt_template
         return self.text_encoder.encode([template.format(p) for p in prompts])
 
+    def pixel_embedding(self, features: ImageFeatures, pixels: torch.Tensor | None) -> torch.Tensor | None:
+        """Dense mode: the per-pixel embedding ``[B, C_d, H/2, W/2]`` of the images of ``features``, computed
+        once (kept on ``features``) and read by every prompt; None for models without a pixel decoder."""
+        if not getattr(self.mask_decoder, "dense", False):
+            return None
+        if features.pixel_embedding is None:
+            if pixels is None:
+                raise ValueError("the pixel decoder needs `pixels` (the normalised input) on the first decode")
+            features.pixel_embedding = self.mask_decoder.pixel_decoder(pixels, features.embedding, features.skips)
+        return features.pixel_embedding
+
     def _dense_pe(self, h: int, w: int) -> torch.Tensor:
         return self.prompt_encoder.pe_layer((h, w)).unsqueeze(0)
 
@@ -169,7 +180,8 @@ class PathSegmentor(nn.Module):
         return self.mask_decoder.decode(
             image_embeddings=emb, image_pe=self._dense_pe(h, w), sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense, image_index=image_index, num_text_tokens=n_text,
-            pixels=pixels, skip4=features.skips.get(4), hires=hires, separation=separation)
+            pixels=pixels, skip4=features.skips.get(4), hires=hires, separation=separation,
+            pixel_embedding=self.pixel_embedding(features, pixels))
 
     def forward(self, pixels: torch.Tensor, prompts: Sequence[Sequence[str]] | None = None, *,
                 text_embeddings: torch.Tensor | None = None, features: ImageFeatures | None = None,
@@ -221,7 +233,7 @@ class PathSegmentor(nn.Module):
         else:
             has_box = ~torch.isnan(boxes.reshape(b * p, 4)[:, 0]) if boxes is not None else torch.zeros_like(has_text)
             has_point = ~torch.isnan(points.reshape(b * p, 2)[:, 0]) if points is not None else torch.zeros_like(has_text)
-            logits = presence = sep = None
+            parts: list[tuple[torch.Tensor, object]] = []
             for rows_mask, use_text, use_box, use_point in (
                     (has_text & ~has_box & ~has_point, True, False, False), (has_text & has_box, True, True, False),
                     (~has_text & has_box, False, True, False), (~has_text & has_point, False, False, True)):
@@ -233,18 +245,19 @@ class PathSegmentor(nn.Module):
                     xy = points.reshape(b * p, 1, 2)[rows]
                     pts = (xy, torch.ones(xy.shape[:2], dtype=torch.long, device=xy.device))
                 group_sep = sep_rows[rows] if isinstance(sep_rows, torch.Tensor) else sep_rows
-                out = self.decode(features, pixels, image_index=index[rows], separation=group_sep,
-                                  text_embeddings=text_embeddings[rows] if use_text else None,
-                                  boxes=boxes.reshape(b * p, 4)[rows] if use_box else None, points=pts)
-                if logits is None:
-                    logits = out.mask_logits.new_zeros((b * p, *out.mask_logits.shape[-2:]))
-                    presence = out.presence_logits.new_zeros(b * p)
-                if out.separation is not None and sep is None:
-                    sep = out.separation.new_zeros((b * p, *out.separation.shape[1:]))
-                logits = logits.index_copy(0, rows, out.mask_logits)
-                presence = presence.index_copy(0, rows, out.presence_logits)
-                if out.separation is not None:
-                    sep = sep.index_copy(0, rows, out.separation)
+                parts.append((rows, self.decode(features, pixels, image_index=index[rows], separation=group_sep,
+                                                text_embeddings=text_embeddings[rows] if use_text else None,
+                                                boxes=boxes.reshape(b * p, 4)[rows] if use_box else None,
+                                                points=pts)))
+            # the groups back in row order with one gather each (no zero-filled copies per group)
+            back = torch.argsort(torch.cat([r for r, _ in parts]))
+            logits = torch.cat([o.mask_logits for _, o in parts]).index_select(0, back)
+            presence = torch.cat([o.presence_logits for _, o in parts]).index_select(0, back)
+            sep = None
+            if any(o.separation is not None for _, o in parts):
+                ref = next(o.separation for _, o in parts if o.separation is not None)
+                sep = torch.cat([o.separation if o.separation is not None else
+                                 ref.new_zeros((len(r), *ref.shape[1:])) for r, o in parts]).index_select(0, back)
         if full_resolution:
             logits = F.interpolate(logits[:, None], size=pixels.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
             if sep is not None:
@@ -287,7 +300,10 @@ class PathSegmentor(nn.Module):
     @property
     def has_separation(self) -> bool:
         """Whether the decoder predicts instance separation maps."""
-        return getattr(self.mask_decoder, "separation_head", None) is not None
+        dec = self.mask_decoder
+        if getattr(dec, "dense", False):
+            return getattr(dec, "separation_channels", 0) > 0
+        return getattr(dec, "separation_head", None) is not None
 
     @torch.no_grad()
     def predict_window(self, window: np.ndarray, text_emb: torch.Tensor | None, points, boxes,

@@ -85,7 +85,10 @@ class PromptedCrops(Dataset):
     [P, c, c]`` (False on ignored pixels), ``presence float [P]``, ``prompts`` list of P strings
     (``""`` for a geometric prompt without text), ``labels`` (canonical), ``source``; ``boxes float
     [P, 4]`` XYXY and ``points float [P, 2]`` XY in crop pixels (NaN where a row has none); with
-    ``cfg.separation`` also ``sep_target float [P, 3, c, c]`` and ``sep_valid bool [P]``.
+    ``cfg.separation`` also ``sep_target float [P, K, c, c]`` and ``sep_valid bool [P]``.
+
+    ``separation_channels``: 3 (centre offsets, border distance) or 4 (also the thick-border class), as the
+    model's ``mask_decoder.separation_channels``.
 
     ``structure_mpp``: working µm/px per ontology structure (the model config's); a crop whose labels are
     all of one such structure is cut at that structure's µm/px, others at ``model_mpp``.
@@ -93,8 +96,9 @@ class PromptedCrops(Dataset):
 
     def __init__(self, corpus, split: str, cfg: DataConfig, *, model_mpp: float, seed: int,
                  synonyms: dict[str, list[str]] | None = None,
-                 structure_mpp: dict[str, float] | None = None) -> None:
+                 structure_mpp: dict[str, float] | None = None, separation_channels: int = 3) -> None:
         self.corpus = corpus
+        self.separation_channels = separation_channels
         self.split = split
         self.cfg = cfg
         self.model_mpp = model_mpp
@@ -231,7 +235,7 @@ class PromptedCrops(Dataset):
         if not chosen and not names:
             raise ValueError(f"a {view['source']} sample has neither labels nor negatives; rebuild the corpus")
         sep_valid = np.zeros(P, bool)
-        sep_target = np.zeros((P, 3, c, c), np.float32) if self.cfg.separation else None
+        sep_target = np.zeros((P, self.separation_channels, c, c), np.float32) if self.cfg.separation else None
         sep_cache: dict[str, np.ndarray] = {}
         for lb in chosen + extra:
             j = len(names)
@@ -242,7 +246,7 @@ class PromptedCrops(Dataset):
                 presence[j] = float(target[j].any())
                 if sep_target is not None and lb in instances:
                     if lb not in sep_cache:
-                        sep_cache[lb] = separation_targets(instances[lb])
+                        sep_cache[lb] = separation_targets(instances[lb], self.separation_channels)
                     sep_target[j] = sep_cache[lb]
                     sep_valid[j] = True
             texts.append(self._prompt_text(lb, rng))

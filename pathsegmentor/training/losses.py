@@ -16,6 +16,18 @@ class LossConfig:
     focal_gamma: float = 2.0
     presence: float = 0.5
     separation: float = 0.0  # weight of the separation-map loss (models with a separation head)
+    # where masks are compared with their targets: "input" (logits upsampled to the crop) or "decoder" (targets
+    # area-averaged to the decoder's grid, stride 2 in dense mode: a quarter of the pixels, no upsampling)
+    grid: str = "input"
+
+
+def to_grid(target: torch.Tensor, valid: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets ``[..., H, W]`` area-averaged (soft) and valid masks min-pooled (a grid cell is valid only where all
+    its pixels are) to ``size``."""
+    lead = target.shape[:-2]
+    t = F.interpolate(target.reshape(-1, 1, *target.shape[-2:]).float(), size=size, mode="area")
+    v = F.interpolate(valid.reshape(-1, 1, *valid.shape[-2:]).float(), size=size, mode="area") > 0.999
+    return t.reshape(*lead, *size), v.reshape(*lead, *size)
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -80,7 +92,8 @@ def separation_loss(raw: torch.Tensor | None, target: torch.Tensor, rows: torch.
         valid: ``bool [B, P, H, W]``.
     Centre offsets (``tanh``): mean squared error on object pixels plus the same on their spatial
     gradients (HoVer-Net's MSGE: the gradient is what cuts touching objects); border distance
-    (``sigmoid``): mean squared error on all valid pixels. Zero when no row has instances.
+    (``sigmoid``): mean squared error on all valid pixels; thick-border class (4th channel, where present):
+    BCE + soft Dice on all valid pixels. Zero when no row has instances.
     """
     if raw is None or not bool(rows.any()):  # no row of this batch has instances: the head was not run
         return target.new_zeros(())
@@ -103,7 +116,11 @@ def separation_loss(raw: torch.Tensor | None, target: torch.Tensor, rows: torch.
             + ((gy_p - gy_t) ** 2 * oy).sum() / oy.sum().clamp(min=1))
     dist = torch.sigmoid(r[:, 2])
     mse_d = ((dist - t[:, 2]) ** 2 * v).sum() / v.sum().clamp(min=1)
-    return mse_hv + msge + mse_d
+    total = mse_hv + msge + mse_d
+    if r.shape[1] > 3 and t.shape[1] > 3:
+        bce = F.binary_cross_entropy_with_logits(r[:, 3], t[:, 3], reduction="none")
+        total = total + (bce * v).sum() / v.sum().clamp(min=1) + soft_dice_loss(r[:, 3], t[:, 3], v).mean()
+    return total
 
 
 def fused_segmentation_loss(output, target: torch.Tensor, valid: torch.Tensor, presence: torch.Tensor, cfg,

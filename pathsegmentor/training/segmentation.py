@@ -34,6 +34,8 @@ class FreezeConfig:
     prompt_adapter: bool = False
     mask_decoder: bool = False
     prompt_encoder: bool = True  # point/box embeddings: unused by text-only training
+    # submodules of the image encoder kept frozen while the rest trains (e.g. a CNN's stem and first stage)
+    image_encoder_modules: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -89,6 +91,14 @@ def build_model_for_training(cfg: TrainConfig):
                 p.requires_grad_(False)
     if cfg.freeze.text_encoder:
         model.text_encoder.freeze()
+    names = dict(model.image_encoder.named_modules())
+    for sub in cfg.freeze.image_encoder_modules:
+        if sub not in names or not sub:
+            top = sorted(n for n in names if n and n.count(".") <= 1)
+            raise ConfigError(f"freeze.image_encoder_modules: the image encoder has no submodule '{sub}'. "
+                              f"Some of its submodules: {top[:20]}")
+        for p in names[sub].parameters():
+            p.requires_grad_(False)
     return model
 
 
@@ -153,7 +163,8 @@ class SegmentationObjective(Objective):
             raise ConfigError("data.separation needs a model with a separation head: set "
                               "model.overrides.mask_decoder.separation_channels=3 (or a model config that has one)")
         ds = PromptedCrops(corpus, cfg.data.train_split, cfg.data, model_mpp=pp.mpp, seed=cfg.train.seed,
-                           synonyms=synonyms, structure_mpp=pp.structure_mpp)
+                           synonyms=synonyms, structure_mpp=pp.structure_mpp,
+                           separation_channels=model.config.mask_decoder.separation_channels or 3)
         weights = sampling_weights(corpus, cfg.data.train_split, cfg.data.balance, cfg.data.sources)
         self.cache_build_s = 0.0
         if cfg.cache.enabled:
@@ -174,7 +185,9 @@ class SegmentationObjective(Objective):
 
     def loss(self, module, batch: dict[str, Any], device) -> dict[str, Any]:
         from .embedding_cache import features_from_batch
-        from .losses import fused_segmentation_loss, segmentation_loss, separation_loss
+        import torch.nn.functional as F
+
+        from .losses import fused_segmentation_loss, segmentation_loss, separation_loss, to_grid
 
         pixels = self.model.normalize(batch["pixels"].to(device))
         feats = features_from_batch(batch)
@@ -185,14 +198,24 @@ class SegmentationObjective(Objective):
             extra.update(boxes=batch["boxes"].to(device), points=batch["points"].to(device))
         if "sep_target" in batch:  # separation-map targets (data.separation)
             extra["separation"] = batch["sep_valid"].to(device)  # the head runs only where there are instances
-        outp = module(pixels, batch["prompts"], features=feats, **extra)
+        if self.cfg.loss.grid not in ("input", "decoder"):
+            raise ConfigError(f"loss.grid '{self.cfg.loss.grid}' unknown. Available: ['input', 'decoder']")
+        on_grid = self.cfg.loss.grid == "decoder"
+        outp = module(pixels, batch["prompts"], features=feats, full_resolution=not on_grid, **extra)
         target, valid, presence = (batch[k].to(device) for k in ("target", "valid", "presence"))
+        sep_target = batch["sep_target"].to(device) if "sep_target" in batch else None
+        if on_grid:  # targets to the decoder's grid instead of logits to the crop
+            size = tuple(outp.mask_logits.shape[-2:])
+            if sep_target is not None:
+                sep_target = F.interpolate(sep_target.flatten(0, 1), size=size, mode="area").view(
+                    *sep_target.shape[:3], *size)
+            target, valid = to_grid(target, valid, size)
         if getattr(outp, "branches", None):  # CellSAM fused mode: deep supervision of every branch
             return fused_segmentation_loss(outp, target, valid, presence, self.cfg.loss)
         out = segmentation_loss(outp.mask_logits, outp.presence_logits, target, valid, presence, self.cfg.loss)
-        if "sep_target" in batch and self.cfg.loss.separation:
-            out["separation"] = separation_loss(outp.separation, batch["sep_target"].to(device),
-                                                batch["sep_valid"].to(device), target, valid)
+        if sep_target is not None and self.cfg.loss.separation:
+            out["separation"] = separation_loss(outp.separation, sep_target, batch["sep_valid"].to(device),
+                                                target, valid)
             out["loss"] = out["loss"] + self.cfg.loss.separation * out["separation"]
         return out
 
