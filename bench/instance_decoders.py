@@ -10,7 +10,8 @@ every decoder setting is applied to them offline:
 * mask threshold 0.4 / 0.5;
 * ``distance``: the core threshold on the predicted border distance (0.3-0.6);
 * ``watershed`` (mask only): the h of the distance transform's h-maxima;
-* ``hv``: the per-pixel jump in the centre offsets that marks a border.
+* ``hv``: the per-pixel jump in the centre offsets that marks a border;
+* ``border`` (models with the thick-border map): the border probability above which a pixel is not a marker.
 
 Prints mean AJI and PQ per setting (the shipped one is marked). Nothing here is asserted.
 """
@@ -27,12 +28,12 @@ sys.path.insert(0, str(REPO))
 
 LABELS = {"monuseg": "nuclei", "glas": "gland"}  # the sources with instance ground truth
 GRID = {"distance": ("core", (0.3, 0.35, 0.4, 0.45, 0.5, 0.6)), "watershed": ("h", (1.0, 1.5, 2.0, 3.0)),
-        "hv": ("edge", (0.15, 0.25, 0.4))}
-SHIPPED = {"distance": 0.45, "watershed": 1.5, "hv": 0.25}  # the decoders' defaults (separation.py, instances.py)
+        "hv": ("edge", (0.15, 0.25, 0.4)), "border": ("threshold", (0.3, 0.4, 0.5, 0.6, 0.7))}
+SHIPPED = {"distance": 0.45, "watershed": 1.5, "hv": 0.25, "border": 0.5}  # the decoders' defaults (separation.py, instances.py)
 
 
 def capture(model, corpus, split: str, source: str, limit: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """``(probs float32 [H, W], maps float32 [3, H, W], ground-truth instances int32 [H, W])`` per image."""
+    """``(probs float32 [H, W], maps float32 [3 or 4, H, W], ground-truth instances int32 [H, W])`` per image."""
     import pathsegmentor.inference.segment as seg
 
     label = LABELS[source]
@@ -78,19 +79,22 @@ def main(argv=None) -> int:
     from pathsegmentor import PathSegmentor
     from pathsegmentor.evaluation.metrics import aggregated_jaccard_index, panoptic_quality
     from pathsegmentor.inference.instances import separate_instances
-    from pathsegmentor.inference.separation import instances_from_distance, instances_from_hv
+    from pathsegmentor.inference.separation import instances_from_border, instances_from_distance, instances_from_hv
 
     torch.set_num_threads(2)
     model = PathSegmentor.from_pretrained(args.model).eval()
     images = capture(model, load_pathseg(args.data), args.split, args.source, args.limit)
     decoders = {"distance": lambda m, maps, v: instances_from_distance(m, maps[2], core=v),
                 "watershed": lambda m, maps, v: separate_instances(m, h=v),
-                "hv": lambda m, maps, v: instances_from_hv(m, maps[:2], edge=v)}
+                "hv": lambda m, maps, v: instances_from_hv(m, maps[:2], edge=v),
+                "border": lambda m, maps, v: instances_from_border(m, maps[3], threshold=v)}
     print(f"{model.name}, {args.source} {args.split}, {len(images)} images")
     print("| decoder | parameter | mask threshold | AJI | PQ |")
     print("|---|---|---|---|---|")
     for thr in (0.4, 0.5):
         for name, (param, values) in GRID.items():
+            if name == "border" and images and len(images[0][1]) < 4:
+                continue  # a model without the thick-border map
             for v in values:
                 aji, pq = [], []
                 for probs, maps, gt in images:
