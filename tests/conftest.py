@@ -37,6 +37,18 @@ def test_model():
 
 
 @pytest.fixture(scope="session")
+def present_test_model(test_model):
+    """A copy of ``test_model`` whose presence threshold is 0: every window judges every prompt present (the
+    random model's presence is about 0.45, under its 0.5), so masks show where the probabilities pass."""
+    import copy
+
+    model = copy.deepcopy(test_model)
+    model.__dict__.pop("_prompt_resolver", None)
+    model.config.inference.presence_threshold = 0.0
+    return model
+
+
+@pytest.fixture(scope="session")
 def test_model_dir(test_model, tmp_path_factory):
     """``test_model`` saved with ``save_pretrained``."""
     d = tmp_path_factory.mktemp("pathsegmentor-test-model")

@@ -123,3 +123,37 @@ def test_box_rules_pick_the_boxed_object_by_instances_or_mask_parts():
     with pytest.raises(ValueError, match="geometric_box is 'nearest'.*best_instance"):
         box_object(labels, mask, box, "nearest")
     assert set(BOX_RULES) == {"best_instance", "contained_instances", "component", "mask"}
+
+
+@pytest.mark.parametrize("mode", ["instances", "learned"])
+def test_box_or_point_wholly_outside_the_image_is_refused_with_its_size(test_model, monkeypatch, mode):
+    img = np.random.default_rng(0).integers(0, 255, (96, 120, 3), dtype=np.uint8)
+    monkeypatch.setattr(test_model.config.inference, "geometric_mode", mode)
+    for kw in ({"boxes": np.array([130.0, 10.0, 160.0, 40.0])},  # right of the image
+               {"boxes": np.array([10.0, -50.0, 40.0, 0.0])},  # above it, touching the edge only
+               {"points": np.array([[[10.0, 200.0]]]), "point_labels": np.array([[1]])},
+               {"points": np.array([[[-5.0, 10.0], [130.0, 10.0]]]), "point_labels": np.array([[1, 0]])}):
+        with pytest.raises(ValueError, match=r"wholly outside the 120x96 image \(width x height"):
+            test_model.segment(img, **kw)
+        with pytest.raises(ValueError, match="wholly outside the 120x96 image"):
+            test_model.segment(img, ["nuclei"], **kw)
+    # partly inside is a prompt about the image: answered
+    res = test_model.segment(img, boxes=np.array([100.0, 80.0, 160.0, 140.0]))
+    assert res.masks.shape == (1, 96, 120)
+    res = test_model.segment(img, points=np.array([[[10.0, 10.0], [500.0, 10.0]]]), point_labels=np.array([[1, 0]]))
+    assert res.masks.shape == (1, 96, 120)
+
+
+def test_presence_threshold_of_the_caller_reaches_the_box_and_point_path(test_model, monkeypatch):
+    """The random model's presence (~0.45) is under its 0.5 default: text + box is empty by default, and answered
+    with the caller's presence_threshold=0.1 (the reported threshold is the caller's)."""
+    img = np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8)
+    monkeypatch.setattr(test_model.config.inference, "geometric_mode", "instances")
+    monkeypatch.setattr(test_model.config.inference, "geometric_box", "mask")
+    box = np.array([10.0, 10.0, 80.0, 80.0])
+    default = test_model.segment(img, ["nuclei"], boxes=box)
+    assert default.thresholds["presence"] == 0.5 and not default.masks.any()
+    assert 0.1 < float(default.presence[0]) < 0.5
+    low = test_model.segment(img, ["nuclei"], boxes=box, presence_threshold=0.1, mask_threshold=0.3)
+    assert low.thresholds == {"mask": 0.3, "presence": 0.1}
+    assert low.masks.any() and not low.masks[0][81:, :].any() and not low.masks[0][:, 81:].any()

@@ -75,6 +75,32 @@ def test_decoder_errors_name_the_fix():
     assert decode_instances(np.zeros((8, 8), bool), None).dtype == np.int32
 
 
+def test_one_decoder_choice_for_segment_slides_and_viewer():
+    """instance_decoding: the model's inference.instances (or segment()'s choice), segment()'s pixel settings at the
+    concept's working µm/px, scaled to the same microns elsewhere (a slide decoding nuclei at 0.5 instead of 0.25)."""
+    from types import SimpleNamespace
+
+    from pathsegmentor.inference.prompts import geometric, open_resolution
+    from pathsegmentor.inference.separation import (MIN_AREA_PX, WATERSHED_H_PX, instance_decoding,
+                                                    wants_instances)
+
+    cfg = SimpleNamespace(preprocess=SimpleNamespace(mpp=0.5, structure_mpp={"cell": 0.25}),
+                          inference=SimpleNamespace(instances="distance"))
+    d = instance_decoding(cfg, "nuclei")
+    assert (d.method, d.min_area, d.h) == ("distance", MIN_AREA_PX, WATERSHED_H_PX) and d.reads_maps
+    assert instance_decoding(cfg, "nuclei", decode_mpp=0.25) == d  # the working µm/px of nuclei
+    coarse = instance_decoding(cfg, "nuclei", decode_mpp=0.5)
+    assert (coarse.min_area, coarse.h) == (1, WATERSHED_H_PX / 2)
+    fine = instance_decoding(cfg, "gland", "watershed", decode_mpp=0.25)  # glands work at 0.5
+    assert (fine.method, fine.min_area, fine.h) == ("watershed", 4 * MIN_AREA_PX, 2 * WATERSHED_H_PX)
+    assert not fine.reads_maps
+    cfg.inference.instances = "stardist"
+    with pytest.raises(ValueError, match="'stardist' unknown. Available.*inference.instances"):
+        instance_decoding(cfg, "nuclei")
+    assert wants_instances(open_resolution("glands", "gland")) and not wants_instances(open_resolution("dark cells"))
+    assert not wants_instances(geometric("<box 0>")) and not wants_instances(None)
+
+
 def test_resize_labels_nearest():
     lab = np.array([[1, 2], [3, 0]], np.int32)
     big = resize_labels(lab, (4, 4))

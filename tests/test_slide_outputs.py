@@ -20,9 +20,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------ stitching
-def test_stitched_equals_direct_segment_and_skips_background(slide, tmp_path, test_model):
+def test_stitched_equals_direct_segment_and_skips_background(slide, tmp_path, present_test_model):
+    test_model = present_test_model  # every window present: the TIFFs hold the blended probabilities
     res = segment_slide(test_model, slide, ["tumor nuclei", "stroma"], out=tmp_path / "o", dtype="float32",
-                                   progress=False)
+                        progress=False)
     tiles = res.summary["tiles"]
     # working grid 768x1024, tiles 128 / overlap 32: 8 x 11 tiles; tissue spans working px 128..640
     assert tiles["total"] == 88
@@ -46,6 +47,30 @@ def test_stitched_equals_direct_segment_and_skips_background(slide, tmp_path, te
         page = t.series[0].levels[0].keyframe
         assert page.is_tiled and len(t.series[0].levels) >= 3
         assert page.resolution[0] == pytest.approx(1e4 / 0.5) and page.resolutionunit == 3
+
+
+def test_windows_judged_absent_paint_nothing_as_segment_returns_nothing(slide, tmp_path, test_model):
+    """The random model's presence (about 0.45) is under its 0.5 threshold in every window: segment() returns empty
+    masks, and the slide's TIFFs, objects and summary are empty too (its presence_max is still reported)."""
+    with tifffile.TiffFile(slide) as t:
+        region = t.series[0].levels[1].asarray()[192:512, 192:512]
+    direct = test_model.segment(region, ["tumor nuclei", "stroma"])
+    assert not direct.masks.any() and (direct.presence < 0.5).all() and (direct.probs > 0.5).any()
+    res = segment_slide(test_model, slide, ["tumor nuclei", "stroma"], out=tmp_path / "o", progress=False)
+    for p in ("tumor nuclei", "stroma"):
+        assert not tiff_levels(res.masks[p])[0].any()
+    s = res.summary
+    assert [p["area_mm2"] for p in s["prompts"]] == [0.0, 0.0] and s["prompts"][0]["objects"] == 0
+    assert 0 < s["prompts"][0]["presence_max"] < s["presence_threshold"] == 0.5
+
+
+def test_presence_gates_each_window_alone():
+    """A tile whose presence is under the threshold adds zeros for that prompt (and only that prompt)."""
+    from pathsegmentor.inference.tiling import gate_by_presence
+
+    probs = np.full((2, 4, 4), 0.9, np.float32)
+    out = gate_by_presence(probs, np.array([0.3, 0.7], np.float32), 0.5)
+    assert not out[0].any() and (out[1] == probs[1]).all() and out.dtype == np.float32
 
 
 def test_upsampled_level_uses_remaining_scale(slide, tmp_path):
@@ -128,12 +153,12 @@ def test_measurements_on_known_shapes(slide, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ prompt resolution
-def test_slide_outputs_carry_prompt_resolution(slide, tmp_path, test_model):
+def test_slide_outputs_carry_prompt_resolution(slide, tmp_path, present_test_model):
     """A model that records only 'nuclei': 'all nuclei' is answered (synonym), 'lymphocyte nuclei' by its
     trained parent, 'stroma' is refused and not run; summary.json and every GeoJSON feature say so."""
     import copy
 
-    model = copy.deepcopy(test_model)
+    model = copy.deepcopy(present_test_model)
     model.__dict__.pop("_prompt_resolver", None)
     model.config.vocabulary = {"nuclei": {"sources": ["test"]}}
     res = segment_slide(model, slide, ["all nuclei", "lymphocyte nuclei", "stroma"], out=tmp_path / "o",
@@ -221,3 +246,60 @@ def test_slide_instances_from_separation_maps_split_touching_nuclei(tmp_path):
         fc = json.loads(res.geojson.read_text())
         counts[name] = sum(f["properties"]["objectType"] == "detection" for f in fc["features"])
     assert counts == {"watershed": 1, "separation": 2, "distance": 2, "set-to-watershed": 1, "max-100-um2": 0}
+
+
+# ------------------------------------------------------------------------------ one rule with segment()
+def test_slide_decides_instances_by_the_ontology_as_segment_does(slide, tmp_path):
+    """'glands' (an instance concept without 'nucle'/'cell' in it) gets objects; 'dark cells' (no concept: the
+    old substring rule gave it objects) is a region, as segment() decides (wants_instances)."""
+    from pathsegmentor.inference.prompts import resolve_prompts
+    from pathsegmentor.inference.separation import wants_instances
+
+    prompts = ["glands", "dark cells"]
+    res = segment_slide(DarkStub(), slide, prompts, out=tmp_path / "o", geojson=True, vocabulary="open",
+                        progress=False)
+    rows = res.summary["prompts"]
+    assert [r["instances"] for r in rows] == [wants_instances(r) for r in resolve_prompts(None, prompts, "open")]
+    assert [r["instances"] for r in rows] == [True, False]
+    assert rows[0]["objects"] == len(DISKS) + len(SQUARES) and rows[1]["regions"] > 0
+
+
+def test_size_limit_clears_the_mask_tiff_as_well_as_the_table(slide, tmp_path):
+    """max_cell_component_um2 = 150 µm²: the 30 px disk (177 µm²) is gone from the TIFF, the objects and the summary
+    area; the other shapes (79-120 µm²) stay."""
+    stub = DarkStub()
+    stub.config.inference.max_cell_component_um2 = 150.0
+    res = segment_slide(stub, slide, ["nuclei"], out=tmp_path / "o", progress=False, vocabulary="open")
+    probs = tiff_levels(res.masks["nuclei"])[0]  # working grid at 0.5 µm/px: level-0 / 2
+    big, kept = DISKS[1], DISKS[0]
+    assert big[2] == 30.0 and not probs[int(big[1] / 2) - 12:int(big[1] / 2) + 12,
+                                         int(big[0] / 2) - 12:int(big[0] / 2) + 12].any()
+    assert (probs[int(kept[1] / 2), int(kept[0] / 2)] > 127)
+    import pandas as pd
+
+    df = pd.read_csv(res.objects_csv)
+    assert len(df) == len(DISKS) + len(SQUARES) - 1
+    assert not (np.hypot(df.centroid_x - big[0], df.centroid_y - big[1]) < big[2]).any()
+    drawn = sum(math.pi * r * r for *_, r in DISKS if r != 30.0) + \
+        sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in SQUARES)
+    assert res.summary["prompts"][0]["area_mm2"] == pytest.approx(drawn * MPP0 ** 2 / 1e6, rel=0.05)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_streamed_size_limit_equals_the_whole_image_rule(seed):
+    """Parts joined across strip seams are measured whole: the two-pass strip filter removes exactly what
+    plausibility.oversized_parts removes from the whole mask."""
+    from scipy import ndimage as ndi
+
+    from pathsegmentor.inference.plausibility import oversized_parts
+    from pathsegmentor.slide.oversized import drop_oversized_strips
+
+    rng = np.random.default_rng(seed)
+    probs = (ndi.gaussian_filter(rng.random((300, 200)), 3) * 255).astype(np.uint8)
+    probs = np.where(probs > np.percentile(probs, 45), probs, 0).astype(np.uint8)
+    mask = probs > 127
+    max_px = float(np.percentile(np.bincount(ndi.label(mask)[0].ravel())[1:], 70))
+    expected = np.where(oversized_parts(mask, max_px), 0, probs)
+    got = np.concatenate(list(drop_oversized_strips(lambda: (probs[r:r + 32] for r in range(0, 300, 32)), 127,
+                                                    max_px)))
+    assert oversized_parts(mask, max_px).any() and (got == expected).all()

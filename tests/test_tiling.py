@@ -75,3 +75,41 @@ def test_blend_weights_full_on_image_borders():
     assert w[0, 0] == 1.0 and w[0, :96].min() == 1.0  # top-left tile: no ramp on the image's own edges
     assert w[-1, -1] < 0.05  # ramps towards the inner corner
     assert (w > 0).all()
+
+
+class _HalfPresentStub:
+    """A 'model' with 64 px windows whose probability is 0.9 everywhere and whose presence is 1 only in windows
+    that are mostly bright: segment() must paint only where a window judged the prompt present."""
+
+    name = "half-present-stub"
+    device = "cpu"
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(preprocess=SimpleNamespace(mpp=0.5, input_size=64, structure_mpp={}),
+                                      inference=SimpleNamespace(tile_overlap=16, mask_threshold=0.5,
+                                                                presence_threshold=0.5, instances="auto"))
+
+    def encode_text(self, prompts):
+        import torch
+
+        return torch.zeros(len(prompts), 1)
+
+    def predict_window(self, window, text_emb, points, boxes, hires):
+        n = text_emb.shape[0]
+        present = float(window.mean() > 127)
+        return np.full((n, *window.shape[:2]), 0.9, np.float32), np.full(n, present, np.float32)
+
+
+def test_segment_gates_each_tile_by_its_own_presence():
+    from pathsegmentor.inference.segment import segment_image
+
+    img = np.zeros((64, 200, 3), np.uint8)
+    img[:, 100:] = 255  # right half bright: its windows say "present", the left ones "absent"
+    res = segment_image(_HalfPresentStub(), img, ["tumor"], vocabulary="open")
+    assert res.presence[0] == 1.0 and (res.probs[0] > 0.5).all()  # probabilities are not gated
+    # windows start at x 0, 48 (both mostly dark: absent), 96 and 136 (present)
+    assert [t.x0 for t in tile_grid(64, 200, 64, 16)] == [0, 48, 96, 136]
+    assert not res.masks[0][:, :96].any()  # covered by absent windows only: nothing painted
+    assert res.masks[0][:, 112:].all()  # covered by present windows only: their pixels

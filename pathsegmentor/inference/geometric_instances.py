@@ -195,10 +195,12 @@ def answer_geometric(model, rgb: np.ndarray, *, text: str | None, box: np.ndarra
 
 
 def segment_by_instances(model, rgb: np.ndarray, prompts: list[str], names: list[str], geo_boxes, geo_points,
-                         mpp: float | None, run: Callable, estimate=None):
+                         mpp: float | None, run: Callable, estimate=None, *, mask_threshold: float | None = None,
+                         presence_threshold: float | None = None):
     """Every row of a ``segment`` call with points/boxes answered by :func:`answer_geometric`; returns the
     :class:`~.result.SegmentationResult` (``probs`` are the binary masks; ``resolutions[i].reason`` says how
-    each prompt was answered)."""
+    each prompt was answered). ``mask_threshold`` / ``presence_threshold``: the caller's (None: the model's
+    ``inference`` defaults); a prompt whose presence is below the presence threshold gets an empty mask."""
     from dataclasses import replace
 
     from .prompts import geometric
@@ -223,10 +225,12 @@ def segment_by_instances(model, rgb: np.ndarray, prompts: list[str], names: list
         reason = f"geometric_mode 'instances': {how}"
         resolutions.append(replace(res, reason=(res.reason + "; " if res.reason else "") + reason) if res is not None
                            else replace(geometric(names[i]), reason=reason))
-    pthr = model.config.inference.presence_threshold
+    inf = model.config.inference
+    pthr = float(inf.presence_threshold if presence_threshold is None else presence_threshold)
+    mthr = float(inf.mask_threshold if mask_threshold is None else mask_threshold)
     masks &= (presence >= pthr)[:, None, None]
     return SegmentationResult(prompts=names, masks=masks, probs=masks.astype(np.float32), presence=presence,
                               image_size=(h, w), mpp=mpp, model=model.name,
-                              thresholds={"mask": model.config.inference.mask_threshold, "presence": pthr},
+                              thresholds={"mask": mthr, "presence": pthr},
                               resolutions=resolutions, instances=None,
                               mpp_estimate=estimate.to_dict() if estimate is not None else None)

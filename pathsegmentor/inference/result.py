@@ -50,10 +50,9 @@ class SegmentationResult:
                 for i, m in enumerate(self.instances)]
 
     def _is_instance_row(self, i: int) -> bool:
-        from .separation import is_instance_concept
+        from .separation import wants_instances
 
-        r = self.resolutions[i] if self.resolutions else None
-        return r is not None and r.answered and is_instance_concept(r.segmented_as)
+        return wants_instances(self.resolutions[i] if self.resolutions else None)
 
     @property
     def labels(self) -> list[str]:

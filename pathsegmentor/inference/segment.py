@@ -1,15 +1,18 @@
 """``segment()``: any image in, full-resolution masks out, for N prompts with one image encoding.
 
-Steps: decode the input to ``uint8 [H, W, 3]`` (:mod:`.image_io`) -> ground each text prompt in the
-ontology (:mod:`.prompts`; refused prompts are not run) -> rescale to the model's µm/px ->
-scale geometric prompts into the working frame -> one window, or overlapping tiles blended
-(:mod:`.tiling`) -> probabilities back at the input size -> thresholds -> :class:`.result.SegmentationResult`.
+Steps: decode the input to ``uint8 [H, W, 3]`` (:mod:`.image_io`) -> check the points/boxes
+(:mod:`.geometric_prompts`) -> ground each text prompt in the ontology (:mod:`.prompts`; refused prompts are not
+run) -> rescale to the model's µm/px -> scale geometric prompts into the working frame -> one window, or
+overlapping tiles blended (:mod:`.tiling`; each window gated by its own presence, as whole slides do) ->
+probabilities back at the input size -> thresholds -> instances (:func:`.separation.instance_decoding`) and the
+size limit (:mod:`.plausibility`) -> :class:`.result.SegmentationResult`.
 
 The model is passed in; this module imports nothing from :mod:`pathsegmentor.modeling`.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -17,12 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from .geometric_instances import CELL_BOX_UM, check_geometric_box, check_geometric_mode, segment_by_instances
+from .geometric_prompts import geometric_inputs
 from .image_io import ImageInput, resize_rgb, to_rgb_uint8
 from .plausibility import drop_oversized
 from .prompts import check_vocabulary, geometric, resolve_prompts
 from .result import SegmentationResult
-from .separation import decode_instances, is_instance_concept, resize_labels, working_mpp
-from .tiling import BlendAccumulator, tile_grid
+from .separation import instance_decoding, resize_labels, wants_instances, working_mpp
+from .tiling import BlendAccumulator, gate_by_presence, tile_grid
 
 INSTANCE_CHOICES = ("auto", "hv", "distance", "border", "watershed", "none")
 
@@ -41,14 +45,7 @@ def segment_image(model: "PathSegmentor", image: ImageInput, prompts: str | Sequ
     arguments. ``model`` needs ``config``, ``device``, ``name``, ``encode_text`` and ``predict_window``."""
     check_vocabulary(vocabulary)
     rgb = to_rgb_uint8(image)
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    prompts = list(prompts) if prompts is not None else []
-    for p in prompts:
-        if not isinstance(p, str) or not p.strip():
-            raise ValueError(f"Empty prompt {p!r}: every prompt must be a non-empty phrase such as 'tumor nuclei'.")
-    if not prompts and points is None and boxes is None:
-        raise ValueError("No prompt given: pass at least one text prompt (e.g. 'nuclei'), or points/boxes.")
+    prompts = _check_prompts(prompts, points, boxes)
     estimate = None
     if isinstance(mpp, str) and mpp == "auto":  # estimated from the image, reported, never silent
         from .mpp_estimate import estimate_mpp
@@ -66,20 +63,7 @@ def segment_image(model: "PathSegmentor", image: ImageInput, prompts: str | Sequ
     pthr = inf.presence_threshold if presence_threshold is None else presence_threshold
     overlap = inf.tile_overlap if tile_overlap is None else tile_overlap
     H, W = rgb.shape[:2]
-    n = len(prompts)
-    geo_boxes, geo_points, n_geo = _geometric_inputs(points, point_labels, boxes)
-    if n == 0:
-        n = n_geo
-        names = [f"<geometric prompt {i}>" for i in range(n)]
-    else:
-        names = prompts
-        if n_geo not in (0, 1, n):
-            raise ValueError(f"{n_geo} point/box sets for {n} text prompts: give one per prompt or one for all")
-    if geo_boxes is not None and geo_boxes.shape[0] != n:
-        geo_boxes = np.broadcast_to(geo_boxes, (n, 4))
-    if geo_points is not None and geo_points[0].shape[0] != n:
-        geo_points = (np.broadcast_to(geo_points[0], (n, *geo_points[0].shape[1:])),
-                      np.broadcast_to(geo_points[1], (n, geo_points[1].shape[1])))
+    names, geo_boxes, geo_points, n_geo = geometric_inputs(prompts, points, point_labels, boxes, (H, W))
     mode = getattr(inf, "geometric_mode", "learned")
     check_geometric_mode(mode)
     if mode == "instances" and n_geo:  # a point/box answered by the model's instance under it
@@ -91,72 +75,108 @@ def segment_image(model: "PathSegmentor", image: ImageInput, prompts: str | Sequ
                                  presence_threshold=presence_threshold, hires=hires, tile_overlap=tile_overlap,
                                  vocabulary=vocabulary, instances=decoder, tta=tta)
 
-        return segment_by_instances(model, rgb, prompts, names, geo_boxes, geo_points, mpp, run, estimate)
+        return segment_by_instances(model, rgb, prompts, names, geo_boxes, geo_points, mpp, run, estimate,
+                                    mask_threshold=mthr, presence_threshold=pthr)
     resolutions = resolve_prompts(model, prompts, vocabulary) if prompts else [geometric(nm) for nm in names]
-    decoder = inf.instances if instances == "auto" else instances
-    want_instances = [bool(prompts) and r.answered and instances != "none" and is_instance_concept(r.segmented_as)
-                      for r in resolutions]
-    separation = getattr(model, "has_separation", False) and decoder in ("auto", "hv", "distance", "border")
-    probs = np.zeros((n, H, W), np.float32)
-    presence = np.zeros(n, np.float32)
-    inst_maps = np.zeros((n, H, W), np.int32) if any(want_instances) else None
-    for group_mpp, rows in _groups(model, resolutions, bool(prompts), mpp, geo_boxes):
-        scale = 1.0 if mpp is None else float(mpp) / group_mpp
-        work = rgb
-        if abs(scale - 1.0) > 1e-3:
-            work = resize_rgb(rgb, (max(1, round(H * scale)), max(1, round(W * scale))))
-        sy, sx = work.shape[0] / H, work.shape[1] / W
-        t_boxes = t_points = None
-        if geo_boxes is not None:
-            t_boxes = torch.from_numpy(np.ascontiguousarray(geo_boxes[rows] * np.array([sx, sy, sx, sy], np.float32)))
-            t_boxes = t_boxes.to(model.device)
-        if geo_points is not None:
-            pc = np.ascontiguousarray(geo_points[0][rows] * np.array([sx, sy], np.float32))
-            t_points = (torch.from_numpy(pc).to(model.device),
-                        torch.from_numpy(np.ascontiguousarray(geo_points[1][rows])).long().to(model.device))
-        text_emb = model.encode_text([resolutions[i].answered_as for i in rows]) if prompts else None
-        sep_here = separation and any(want_instances[i] for i in rows)
-        p, s, sep = _predict(model, work, len(rows), text_emb, t_points, t_boxes, hires, overlap, progress,
-                             separation=sep_here, tta=tta)
-        presence[rows] = s
-        for k, i in enumerate(rows):
-            if want_instances[i] and s[k] >= pthr:
-                maps = sep[k] if sep is not None else None
-                lab = decode_instances(p[k] > mthr, maps, "auto" if decoder == "auto" else decoder)
-                inst_maps[i] = lab if lab.shape == (H, W) else resize_labels(lab, (H, W))
-        probs[rows] = p if p.shape[-2:] == (H, W) else F.interpolate(
-            torch.from_numpy(p)[None], size=(H, W), mode="bilinear", align_corners=False)[0].numpy()
-    np.clip(probs, 0.0, 1.0, out=probs)
-    if not prompts:  # geometric prompts assert the target is there; presence is a text-prompt notion
-        presence = np.ones(n, np.float32)
-    present = presence >= pthr
-    masks = (probs > mthr) & present[:, None, None]
-    if prompts:  # parts of a nucleus mask larger than any cluster of nuclei (ink, pigment, debris)
-        drop_oversized(masks, inst_maps, [r.segmented_as if r.answered else None for r in resolutions],
-                       [(mpp if mpp is not None else working_mpp(model.config.preprocess, r.segmented_as)) ** 2
-                        for r in resolutions],
-                       float(getattr(inf, "max_cell_component_um2", 0.0) or 0.0))
-    return SegmentationResult(prompts=names, masks=masks, probs=probs, presence=presence.astype(np.float32),
+    opts = _Options(mpp, mthr, pthr, overlap, hires, progress, instances, tta)
+    masks, probs, presence, inst_maps = _segment_groups(model, rgb, bool(prompts), resolutions, geo_boxes,
+                                                        geo_points, opts)
+    return SegmentationResult(prompts=names, masks=masks, probs=probs, presence=presence,
                               image_size=(H, W), mpp=mpp, model=model.name,
                               thresholds={"mask": mthr, "presence": pthr}, resolutions=resolutions,
                               instances=inst_maps, mpp_estimate=estimate.to_dict() if estimate is not None else None)
 
 
-def _geometric_inputs(points, point_labels, boxes):
-    """Boxes ``[n, 4]`` and points (``[n, P, 2]``, labels ``[n, P]``) as float32/int64 arrays in input pixels."""
-    geo_boxes = geo_points = None
-    if boxes is not None:
-        geo_boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    if points is not None:
-        if point_labels is None:
-            raise ValueError("points need point_labels (1 foreground, 0 background) of shape [N, P]")
-        pc = np.asarray(points, dtype=np.float32)
-        pc = pc.reshape(-1, pc.shape[-2], 2) if pc.ndim == 3 else pc.reshape(1, -1, 2)
-        pl = np.asarray(point_labels).reshape(pc.shape[0], pc.shape[1]).astype(np.int64)
-        geo_points = (pc, pl)
-    n_geo = max(x.shape[0] if x is not None else 0 for x in (geo_boxes, geo_points[0] if geo_points else None))
-    return geo_boxes, geo_points, n_geo
+def _check_prompts(prompts: str | Sequence[str] | None, points, boxes) -> list[str]:
+    """The text prompts as a list; ValueError for an empty phrase, or for no prompt of any kind."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = list(prompts) if prompts is not None else []
+    for p in prompts:
+        if not isinstance(p, str) or not p.strip():
+            raise ValueError(f"Empty prompt {p!r}: every prompt must be a non-empty phrase such as 'tumor nuclei'.")
+    if not prompts and points is None and boxes is None:
+        raise ValueError("No prompt given: pass at least one text prompt (e.g. 'nuclei'), or points/boxes.")
+    return prompts
 
+
+@dataclass(frozen=True)
+class _Options:
+    """The per-call settings ``segment_image`` hands to the prompt groups."""
+
+    mpp: float | None
+    mthr: float
+    pthr: float
+    overlap: int
+    hires: bool | None
+    progress: bool
+    instances: str
+    tta: bool
+
+
+def _segment_groups(model, rgb: np.ndarray, text: bool, resolutions, geo_boxes, geo_points, o: _Options):
+    """Every answered prompt, in groups by working µm/px -> (masks ``bool [n, H, W]``, probs ``float32 [n, H, W]``,
+    presence ``float32 [n]``, instances ``int32 [n, H, W]`` or None). A window whose presence for a text prompt is
+    below ``o.pthr`` contributes no mask pixels for it (:func:`gate_by_presence`, as whole slides do)."""
+    H, W = rgb.shape[:2]
+    n = len(resolutions)
+    want = [text and o.instances != "none" and wants_instances(r) for r in resolutions]
+    decoding = [instance_decoding(model.config, r.segmented_as, o.instances) if w else None
+                for r, w in zip(resolutions, want)]
+    has_maps = getattr(model, "has_separation", False)
+    probs = np.zeros((n, H, W), np.float32)
+    gated = np.zeros((n, H, W), np.float32)
+    presence = np.zeros(n, np.float32)
+    inst_maps = np.zeros((n, H, W), np.int32) if any(want) else None
+    for group_mpp, rows in _groups(model, resolutions, text, o.mpp, geo_boxes):
+        scale = 1.0 if o.mpp is None else float(o.mpp) / group_mpp
+        work = rgb
+        if abs(scale - 1.0) > 1e-3:
+            work = resize_rgb(rgb, (max(1, round(H * scale)), max(1, round(W * scale))))
+        t_boxes, t_points = _to_working(model, geo_boxes, geo_points, rows, work.shape[0] / H, work.shape[1] / W)
+        text_emb = model.encode_text([resolutions[i].answered_as for i in rows]) if text else None
+        sep_here = has_maps and any(want[i] and decoding[i].reads_maps for i in rows)
+        p, g, s, sep = _predict(model, work, len(rows), text_emb, t_points, t_boxes, o.hires, o.overlap, o.progress,
+                                separation=sep_here, tta=o.tta, gate=o.pthr if text else None)
+        presence[rows] = s
+        for k, i in enumerate(rows):
+            if want[i] and s[k] >= o.pthr:
+                lab = decoding[i].decode(g[k] > o.mthr, sep[k] if sep is not None else None)
+                inst_maps[i] = lab if lab.shape == (H, W) else resize_labels(lab, (H, W))
+        probs[rows] = _to_size(p, (H, W))
+        gated[rows] = _to_size(g, (H, W))
+    np.clip(probs, 0.0, 1.0, out=probs)
+    if not text:  # geometric prompts assert the target is there; presence is a text-prompt notion
+        presence = np.ones(n, np.float32)
+    masks = (gated > o.mthr) & (presence >= o.pthr)[:, None, None]
+    if text:  # parts of a nucleus mask larger than any cluster of nuclei (ink, pigment, debris)
+        drop_oversized(masks, inst_maps, [r.segmented_as if r.answered else None for r in resolutions],
+                       [(o.mpp if o.mpp is not None else working_mpp(model.config.preprocess, r.segmented_as)) ** 2
+                        for r in resolutions],
+                       float(getattr(model.config.inference, "max_cell_component_um2", 0.0) or 0.0))
+    return masks, probs, presence.astype(np.float32), inst_maps
+
+
+def _to_working(model, geo_boxes, geo_points, rows: list[int], sy: float, sx: float):
+    """The group's boxes (``[k, 4]``) and points (coords ``[k, P, 2]``, labels ``[k, P]``) scaled by ``(sy, sx)``
+    into the working frame, as tensors on the model's device (None where not given)."""
+    t_boxes = t_points = None
+    if geo_boxes is not None:
+        t_boxes = torch.from_numpy(np.ascontiguousarray(geo_boxes[rows] * np.array([sx, sy, sx, sy], np.float32)))
+        t_boxes = t_boxes.to(model.device)
+    if geo_points is not None:
+        pc = np.ascontiguousarray(geo_points[0][rows] * np.array([sx, sy], np.float32))
+        t_points = (torch.from_numpy(pc).to(model.device),
+                    torch.from_numpy(np.ascontiguousarray(geo_points[1][rows])).long().to(model.device))
+    return t_boxes, t_points
+
+
+def _to_size(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``float32 [n, h, w]`` resized (bilinear) to ``[n, *size]``; returned as is when it has that size."""
+    if a.shape[-2:] == size:
+        return a
+    return F.interpolate(torch.from_numpy(np.ascontiguousarray(a))[None], size=size, mode="bilinear",
+                         align_corners=False)[0].numpy()
 
 
 def _groups(model, resolutions, text: bool, mpp: float | None, boxes=None) -> list[tuple[float, list[int]]]:
@@ -181,21 +201,27 @@ def _groups(model, resolutions, text: bool, mpp: float | None, boxes=None) -> li
 
 
 def _predict(model, work: np.ndarray, n: int, text_emb, geo_points, geo_boxes, hires, overlap: int,
-             progress: bool, *, separation: bool = False, tta: bool = False):
-    """``work uint8 [h, w, 3]`` at the group's µm/px -> (probs ``[n, h, w]``, presence ``[n]``, separation maps
-    ``[n, 3, h, w]`` or None): one window, or overlapping tiles blended (presence: the maximum over tiles)."""
+             progress: bool, *, separation: bool = False, tta: bool = False, gate: float | None = None):
+    """``work uint8 [h, w, 3]`` at the group's µm/px -> (probs ``[n, h, w]``, gated probs ``[n, h, w]``, presence
+    ``[n]``, separation maps ``[n, C, h, w]`` or None): one window, or overlapping tiles blended (presence: the
+    maximum over tiles). The gated probabilities blend each window's probabilities after
+    :func:`gate_by_presence` at ``gate`` (None: not gated, the same as the probabilities)."""
     size = model.config.preprocess.input_size
     h, w = work.shape[:2]
     if geo_points is not None or geo_boxes is not None:
         win = _geometric_window(model, geo_points, geo_boxes)
         if h > win or w > win:
-            return _predict_around(model, work, n, text_emb, geo_points, geo_boxes, hires, separation, tta, win)
-        return _window(model, work, text_emb, geo_points, geo_boxes, hires, separation, tta)
+            p, s, sep = _predict_around(model, work, n, text_emb, geo_points, geo_boxes, hires, separation, tta, win)
+        else:
+            p, s, sep = _window(model, work, text_emb, geo_points, geo_boxes, hires, separation, tta)
+        return p, (p if gate is None else gate_by_presence(p, s, gate)), s, sep
     if h <= size and w <= size:
-        return _window(model, work, text_emb, None, None, hires, separation, tta)
+        p, s, sep = _window(model, work, text_emb, None, None, hires, separation, tta)
+        return p, (p if gate is None else gate_by_presence(p, s, gate)), s, sep
     tiles = tile_grid(h, w, size, overlap)
     acc = BlendAccumulator(n, h, w, overlap)
-    sep_acc = BlendAccumulator(3 * n, h, w, overlap) if separation else None
+    gated = BlendAccumulator(n, h, w, overlap) if gate is not None else None
+    sep_acc = None
     presence = np.zeros(n, np.float32)
     it = tiles
     if progress:
@@ -205,10 +231,16 @@ def _predict(model, work: np.ndarray, n: int, text_emb, geo_points, geo_boxes, h
     for t in it:
         p, s, sep = _window(model, work[t.y0:t.y1, t.x0:t.x1], text_emb, None, None, hires, separation, tta)
         acc.add(t, p)
-        if sep_acc is not None:
-            sep_acc.add(t, sep.reshape(3 * n, *sep.shape[-2:]))
+        if gated is not None:
+            gated.add(t, gate_by_presence(p, s, gate))
+        if sep is not None:
+            if sep_acc is None:  # C channels per prompt: 3, or 4 with the thick-border map
+                sep_acc = BlendAccumulator(n * sep.shape[1], h, w, overlap)
+            sep_acc.add(t, sep.reshape(-1, *sep.shape[-2:]))
         presence = np.maximum(presence, s)
-    return acc.result(), presence, (sep_acc.result().reshape(n, 3, h, w) if sep_acc is not None else None)
+    probs = acc.result()
+    return (probs, gated.result() if gated is not None else probs, presence,
+            sep_acc.result().reshape(n, -1, h, w) if sep_acc is not None else None)
 
 
 def _geometric_window(model, geo_points, geo_boxes) -> int:

@@ -22,15 +22,24 @@ without a separation head.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .instances import drop_small, seed_unseeded, separate_instances
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .prompts import PromptResolution
+
 CHANNELS = 3
 BORDER_PX = 3.0
 DECODERS = ("hv", "distance", "border", "watershed")
+MAP_DECODERS = ("auto", "hv", "distance", "border")  # the choices that read the separation maps
+# decoder settings in pixels of a concept's working µm/px (``preprocess.structure_mpp``), where segment() decodes
+MIN_AREA_PX = 4
+WATERSHED_H_PX = 1.5
 
 
 def separation_targets(instances: np.ndarray, channels: int = CHANNELS, border_px: float = BORDER_PX) -> np.ndarray:
@@ -147,7 +156,7 @@ def instances_from_border(mask: np.ndarray, border: np.ndarray, *, threshold: fl
 
 
 def decode_instances(mask: np.ndarray, maps: np.ndarray | None, method: str = "auto", *,
-                     min_area: int = 4) -> np.ndarray:
+                     min_area: int = MIN_AREA_PX, h: float = WATERSHED_H_PX) -> np.ndarray:
     """One instance decoder for ``segment()``, whole slides and evaluation.
 
     Args:
@@ -155,6 +164,8 @@ def decode_instances(mask: np.ndarray, maps: np.ndarray | None, method: str = "a
         maps: ``float [3 or 4, H, W]`` activated separation maps (:func:`activate`), or None.
         method: ``"auto"`` (``"border"`` with four maps, ``"hv"`` with three, else ``"watershed"``), ``"hv"``,
             ``"distance"``, ``"border"`` (four maps), ``"watershed"``.
+        min_area: objects under this many px are dropped.
+        h: the ``"watershed"`` decoder's seed height (px, :func:`~.instances.separate_instances`).
     Returns ``int32 [H, W]`` instance ids, 0 background.
     """
     if method == "auto":
@@ -173,7 +184,7 @@ def decode_instances(mask: np.ndarray, maps: np.ndarray | None, method: str = "a
             raise ValueError("instance decoder 'border' needs the thick-border map (a model with "
                              "mask_decoder.separation_channels=4); use 'hv', 'distance' or 'auto'")
         return instances_from_border(mask, maps[3], min_area=min_area)
-    return separate_instances(mask, min_area=min_area)
+    return separate_instances(mask, h=h, min_area=min_area)
 
 
 INSTANCE_OBJECT_TYPES = ("nucleus", "cell", "gland")
@@ -190,6 +201,53 @@ def is_instance_concept(concept: str | None) -> bool:
     """Whether an ontology concept is counted object by object (nuclei, cells, glands)."""
     c = _ontology().categories.get(concept or "")
     return c is not None and c.object_type in INSTANCE_OBJECT_TYPES
+
+
+def wants_instances(resolution: "PromptResolution | None") -> bool:
+    """Whether a prompt's answer is separated into instances: it was answered and the concept it is segmented as
+    (:attr:`~.prompts.PromptResolution.segmented_as`) is counted object by object. The one rule of ``segment()``,
+    whole slides and the viewer."""
+    return resolution is not None and resolution.answered and is_instance_concept(resolution.segmented_as)
+
+
+@dataclass(frozen=True)
+class InstanceDecoding:
+    """How one prompt's mask becomes instances: the decoder ``method`` (:func:`decode_instances`' choices),
+    ``min_area`` (px) and the watershed seed height ``h`` (px), both at the resolution the mask is decoded at."""
+
+    method: str
+    min_area: int
+    h: float
+
+    @property
+    def reads_maps(self) -> bool:
+        """Whether the decoder reads the separation maps (when the model predicts them)."""
+        return self.method in MAP_DECODERS
+
+    def decode(self, mask: np.ndarray, maps: np.ndarray | None) -> np.ndarray:
+        """``bool [H, W]`` mask (+ ``float [C, H, W]`` activated maps, or None) -> ``int32 [H, W]`` instance ids."""
+        return decode_instances(mask, maps if self.reads_maps else None, self.method, min_area=self.min_area,
+                                h=self.h)
+
+
+def instance_decoding(model_config, concept: str | None, requested: str = "auto",
+                      decode_mpp: float | None = None) -> InstanceDecoding:
+    """The instance decoder of one prompt, as ``segment()``, whole slides and the viewer all decide it.
+
+    Args:
+        model_config: the model's config (``inference.instances``, ``preprocess``).
+        concept: the concept the prompt is segmented as (sets its working µm/px).
+        requested: ``segment(instances=...)``: ``"auto"`` takes the model's ``inference.instances``.
+        decode_mpp: µm/px of the mask being decoded; None: the concept's working µm/px (``segment()`` decodes
+            there), so the settings are :data:`MIN_AREA_PX` and :data:`WATERSHED_H_PX`; at another µm/px they
+            are scaled to the same physical size.
+    """
+    method = str(getattr(model_config.inference, "instances", "auto") or "auto") if requested == "auto" else requested
+    if method not in ("auto", *DECODERS):
+        raise ValueError(f"instance decoder {method!r} unknown. Available: {['auto', *DECODERS]}; set "
+                         f"inference.instances in the model's config.json (or pass instances=... to segment())")
+    ratio = 1.0 if decode_mpp is None else working_mpp(model_config.preprocess, concept) / float(decode_mpp)
+    return InstanceDecoding(method, max(1, round(MIN_AREA_PX * ratio * ratio)), WATERSHED_H_PX * ratio)
 
 
 def working_mpp(preprocess, concept: str | None) -> float:

@@ -3,7 +3,8 @@
 Shared by :meth:`PathSegmentor.segment` (images larger than the model's window) and whole-slide
 inference. Each tile's prediction is weighted by a separable ramp that falls towards the tile's
 borders (borders that touch the image edge keep full weight), so seams vanish and a pixel far from
-any seam gets exactly its single-tile value.
+any seam gets exactly its single-tile value. Before blending, each tile's probabilities are gated by its own
+presence (:func:`gate_by_presence`): a tile that judges a prompt absent adds no mask pixels for it.
 """
 from __future__ import annotations
 
@@ -84,3 +85,10 @@ class BlendAccumulator:
 
     def result(self) -> np.ndarray:
         return self.sum / np.maximum(self.weight, 1e-12)
+
+
+def gate_by_presence(probs: np.ndarray, presence: np.ndarray, threshold: float) -> np.ndarray:
+    """One window's probabilities ``[n, h, w]`` with the rows whose presence (``[n]``) is below ``threshold`` set
+    to 0: a window that judges a prompt absent contributes no mask pixels for it. ``segment()`` and whole slides
+    gate every window this way before blending."""
+    return probs * (np.asarray(presence) >= threshold).astype(probs.dtype)[:, None, None]

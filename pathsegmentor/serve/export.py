@@ -39,9 +39,8 @@ def _objects(view: ViewResult, index: int) -> list[tuple[dict, object]]:
 
     analyzer = InstanceAnalyzer(view.result.prompts[index], geometry=geo,
                                 read_rgb=lambda y0, y1, x0, x1: rgb[y0:y1, x0:x1], next_id=next_id,
-                                on_object=on_object, want_polygons=True, margin=0, block=1 << 20)
-    analyzer.push(0, view.result.masks[index])
-    analyzer.finish()
+                                on_object=on_object, want_polygons=True)
+    analyzer.measure(view.labels[index])  # the objects the view shows and counts, not a second separation
     return found
 
 

@@ -3,9 +3,10 @@
 The region, in level-0 pixels, is read from the pyramid level nearest the model's µm/px (not finer
 than needed) and resampled to it, then run through
 :func:`pathsegmentor.inference.segment.segment_image` with the embedding cache
-(:class:`~pathsegmentor.serve.cache.CachedModel`) keyed by ``(file, level, region)``. A
-:class:`ViewResult` keeps the working pixels, the masks, instance labels for cell/nucleus prompts and
-the mapping back to level 0, for overlays and exports.
+(:class:`~pathsegmentor.serve.cache.CachedModel`) keyed by ``(file, level, region)``: the same predictor as
+``segment()`` and whole slides (presence gate, instance concepts and decoder, size limit). A
+:class:`ViewResult` keeps the working pixels, the masks, the instance labels ``segment()`` decoded for instance
+prompts and the mapping back to level 0, for overlays and exports.
 """
 from __future__ import annotations
 
@@ -17,10 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..inference.instances import separate_instances
 from ..inference.segment import segment_image
 from ..slide.geojson import prompt_color
-from ..slide.instances import is_instance_prompt
 from .cache import CachedModel, EmbeddingCache
 from .dzi import pick_level
 from .files import ServeError
@@ -88,7 +87,7 @@ class ViewResult:
                             "answered": r.answered if r else True,
                             "substituted": bool(r.substituted) if r else False,
                             "reason": r.reason if r else "", "suggestions": list(getattr(r, "suggestions", []) or []),
-                            "instances": int(self.labels[i].max()) if self.labels[i] is not None else None,
+                            "instances": res.instance_counts[i],
                             "overlay": f"/api/results/{self.id}/overlay/{i}.png"})
         r = self.region
         return {"id": self.id, "image": self.image.id, "region": {"x": r.x, "y": r.y, "w": r.w, "h": r.h},
@@ -175,14 +174,9 @@ def segment_view(model: Any, cache: EmbeddingCache, image: OpenedImage, result_i
     except ValueError as e:
         raise ServeError(422, str(e)) from None
     t_seg = time.perf_counter()
-    labels = []
-    for i, p in enumerate(res.prompts):
-        inst = is_instance_prompt(res.resolutions[i].segmented_as or p) if res.resolutions else False
-        if res.instances is not None and res.instance_counts[i] is not None:  # the model's own instance decoder
-            labels.append(res.instances[i])
-        else:
-            labels.append(separate_instances(res.masks[i]) if inst and res.masks[i].any() else
-                          (np.zeros(res.masks[i].shape, np.int32) if inst else None))
+    # the instances segment() decoded, for the prompts segment() decodes (wants_instances); None for the others
+    labels = [res.instances[i] if res.instances is not None and res.instance_counts[i] is not None else None
+              for i in range(len(res.prompts))]
     t_inst = time.perf_counter()
     return ViewResult(result_id, image, region, scale, rgb, res, labels,
                       timings={"read_s": t_read - t0, "segment_s": t_seg - t_read, "instances_s": t_inst - t_seg},

@@ -20,17 +20,19 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from ..inference.prompts import resolve_prompts
+from ..inference.plausibility import is_cell_concept
+from ..inference.prompts import PromptResolution, resolve_prompts
+from ..inference.separation import InstanceDecoding, instance_decoding, wants_instances, working_mpp
 from .bands import BandPlan, PartStore
 from .finalize import SlideResult, _finish
 from .grid import WorkGrid
 from .mpp_auto import estimate_slide_mpp
-from .instances import is_instance_prompt
 from .predict import predict_band
 from .processes import _Processes, bands_for_rank
 from .reader import SlideError, choose_level, open_slide, require_mpp
@@ -63,8 +65,10 @@ def segment_slide(model, path: str | Path, prompts: str | Sequence[str], out: st
         level: pyramid level to read (default: the level closest to the model's mpp, not coarser).
         tile / overlap: window and overlap in working pixels (default: model input size / config overlap).
         geojson: also write a QuPath GeoJSON of instances (detections) and regions (annotations).
-        instances: separate instances for every prompt (True), none (False) or only for
-            cell/nucleus prompts (None).
+        instances: separate instances for every prompt (True), none (False) or, as ``segment()`` decides, for
+            the prompts of instance concepts (None: nuclei, cells, glands;
+            :func:`~pathsegmentor.inference.separation.wants_instances`), with ``segment()``'s decoder and settings
+            (:func:`~pathsegmentor.inference.separation.instance_decoding`).
         resume: continue an interrupted run in ``out``.
         dtype: ``"uint8"`` (probability x 255) or ``"float32"`` probabilities in the TIFFs.
         tissue: skip tiles without tissue on the thumbnail (skipped tiles are background).
@@ -82,19 +86,7 @@ def segment_slide(model, path: str | Path, prompts: str | Sequence[str], out: st
     """
     import torch
 
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    prompts = [p.strip() for p in prompts] if prompts else []
-    if not prompts or any(not p for p in prompts):
-        raise SlideError("Every prompt must be a non-empty phrase such as 'tumor nuclei'; add --prompt P.")
-    try:
-        resolutions = resolve_prompts(model, prompts, vocabulary)
-    except ValueError as e:
-        raise SlideError(str(e)) from None
-    refused = [r for r in resolutions if not r.answered]
-    resolutions = [r for r in resolutions if r.answered]
-    if not resolutions:
-        raise SlideError("No prompt this model can answer: " + "; ".join(r.reason for r in refused))
+    resolutions, refused = _resolve(model, prompts, vocabulary)
     prompts = [r.prompt for r in resolutions]  # refused prompts are not run (reported in the summary)
     if dtype not in ("uint8", "float32"):
         raise SlideError(f"dtype={dtype!r}; use 'uint8' or 'float32'.")
@@ -102,8 +94,6 @@ def segment_slide(model, path: str | Path, prompts: str | Sequence[str], out: st
     cfg = model.config
     # the prompts' working resolution (preprocess.structure_mpp: nuclei may run finer than glands); a mixed set
     # runs at the finest of them, said so in the summary
-    from ..inference.separation import is_instance_concept, working_mpp
-
     group_mpps = sorted({working_mpp(cfg.preprocess, r.segmented_as) for r in resolutions})
     model_mpp = float(group_mpps[0])
     tile = int(tile or cfg.preprocess.input_size)
@@ -113,6 +103,7 @@ def segment_slide(model, path: str | Path, prompts: str | Sequence[str], out: st
     if not 0 <= overlap <= tile // 2:
         raise SlideError(f"--overlap {overlap}: must be in [0, {tile // 2}] (at most half the tile).")
     mthr = float(cfg.inference.mask_threshold if mask_threshold is None else mask_threshold)
+    pthr = float(cfg.inference.presence_threshold)
     procs = _Processes()
     if procs.device is not None:
         model.to(procs.device)
@@ -129,6 +120,7 @@ def segment_slide(model, path: str | Path, prompts: str | Sequence[str], out: st
                  "model_fingerprint": _model_fingerprint(model), "level": lv.index, "mpp": reader.mpp,
                  "work_shape": [grid.height, grid.width], "tile": tile, "overlap": overlap, "dtype": dtype,
                  "tissue": bool(tissue), "rows_per_band": rows_per_band, "bands": len(plan), "hires": hires,
+                 "presence_threshold": pthr,
                  "prompt_resolution": [r.to_dict() for r in resolutions],
                  "refused_prompts": [r.to_dict() for r in refused], "backend": reader.backend,
                  "work_mpp_note": ("" if len(group_mpps) == 1 else
@@ -153,10 +145,7 @@ def segment_slide(model, path: str | Path, prompts: str | Sequence[str], out: st
         store = PartStore(partial / "parts", width=grid.width)
         mine = [b for b in bands_for_rank(len(plan), procs.rank, procs.world) if not store.done(b)]
         text_emb = model.encode_text([r.answered_as for r in resolutions])
-        # instance prompts of a model with a separation head: their separation maps travel as extra planes
-        inst_flags = [(is_instance_concept(r.segmented_as) or is_instance_prompt(r.prompt)) if instances is None
-                      else bool(instances) for r in resolutions]
-        sep_rows = [i for i, f in enumerate(inst_flags) if f] if getattr(model, "has_separation", False) else []
+        plan_inst = _InstancePlan.of(model, resolutions, instances, grid.mpp_x)
         n_tiles = len(mine) * len(plan.xs) * rows_per_band
         from tqdm.auto import tqdm
 
@@ -170,7 +159,8 @@ def segment_slide(model, path: str | Path, prompts: str | Sequence[str], out: st
             for b in mine:
                 band = plan.bands[b]
                 arrays, n_pred, n_skip = predict_band(model, grid, plan, band, text_emb, tmap if tissue else None,
-                                                      dtype, hires, bar, sep_rows=sep_rows)
+                                                      dtype, hires, bar, sep_rows=plan_inst.sep_rows,
+                                                      presence_threshold=pthr, channels=plan_inst.channels)
                 store.save(b, arrays)
                 predicted, skipped = predicted + n_pred, skipped + n_skip
                 done_here.append(b)
@@ -190,8 +180,47 @@ def segment_slide(model, path: str | Path, prompts: str | Sequence[str], out: st
                              f"rerun with --resume.")
         with torch.no_grad():
             result = _finish(model, reader, grid, plan, store, prompts, out, partial, tmap, thumb, tmask,
-                             dtype=dtype, mthr=mthr, geojson=geojson, inst_flags=inst_flags, sep_rows=sep_rows,
-                             state=state)
+                             dtype=dtype, mthr=mthr, geojson=geojson, instances=plan_inst, state=state)
         result.extra.update(tiles_predicted=predicted, tiles_skipped=skipped, infer_seconds=infer_s)
         return result
 
+
+def _resolve(model, prompts: str | Sequence[str],
+             vocabulary: str) -> tuple[list[PromptResolution], list[PromptResolution]]:
+    """(answered, refused) resolutions of the prompts; SlideError for an empty phrase or when none is answered."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = [p.strip() for p in prompts] if prompts else []
+    if not prompts or any(not p for p in prompts):
+        raise SlideError("Every prompt must be a non-empty phrase such as 'tumor nuclei'; add --prompt P.")
+    try:
+        resolutions = resolve_prompts(model, prompts, vocabulary)
+    except ValueError as e:
+        raise SlideError(str(e)) from None
+    refused = [r for r in resolutions if not r.answered]
+    answered = [r for r in resolutions if r.answered]
+    if not answered:
+        raise SlideError("No prompt this model can answer: " + "; ".join(r.reason for r in refused))
+    return answered, refused
+
+
+@dataclass(frozen=True)
+class _InstancePlan:
+    """Per prompt of a slide run, as ``segment()`` decides for it: its instance decoder (None: no instances), whether
+    the nucleus size limit applies (a nucleus/cell concept), and which prompts' separation maps (``channels`` each)
+    travel beside the probabilities as extra band planes (``sep_rows``)."""
+
+    decoding: list[InstanceDecoding | None]
+    size_limited: list[bool]
+    sep_rows: list[int]
+    channels: int
+
+    @classmethod
+    def of(cls, model, resolutions: list[PromptResolution], instances: bool | None, work_mpp: float) -> "_InstancePlan":
+        flags = [wants_instances(r) if instances is None else bool(instances) for r in resolutions]
+        decoding = [instance_decoding(model.config, r.segmented_as, "auto", decode_mpp=work_mpp) if f else None
+                    for r, f in zip(resolutions, flags)]
+        maps = getattr(model, "has_separation", False)
+        sep_rows = [i for i, d in enumerate(decoding) if maps and d is not None and d.reads_maps]
+        channels = int(getattr(getattr(model.config, "mask_decoder", None), "separation_channels", 0) or 3)
+        return cls(decoding, [is_cell_concept(r.segmented_as) for r in resolutions], sep_rows, channels)

@@ -1,5 +1,6 @@
-"""Streaming analysis of a slide mask, strip by strip with overlap: instance separation and
-per-object measurements for cell/nucleus prompts, region polygons for the others.
+"""Streaming analysis of a slide mask, strip by strip with overlap: instance separation (the decoder
+``segment()`` uses, :func:`pathsegmentor.inference.separation.instance_decoding`) and per-object measurements
+for instance prompts, region polygons for the others.
 
 Each strip (``core`` rows) is analysed inside a window with ``margin`` rows of context above and
 below; an object is kept by the strip whose core holds its centroid, so objects cut by strip
@@ -18,17 +19,10 @@ from typing import Callable
 
 import numpy as np
 
-from ..inference.instances import separate_instances as split_instances
-from ..inference.separation import decode_instances
+from ..inference.separation import MIN_AREA_PX, WATERSHED_H_PX, InstanceDecoding
 
 COLUMNS = ["object_id", "prompt", "centroid_x", "centroid_y", "area_um2", "perimeter_um", "eccentricity",
            "solidity", "mean_hematoxylin", "mean_eosin"]
-
-
-def is_instance_prompt(prompt: str) -> bool:
-    """Cell/nucleus categories get instances: the phrase names nuclei or cells."""
-    p = prompt.lower()
-    return "nucle" in p or "cell" in p
 
 
 @dataclass
@@ -85,22 +79,20 @@ class InstanceAnalyzer:
 
     def __init__(self, prompt: str, *, geometry: Geometry, read_rgb: Callable[[int, int, int, int], np.ndarray],
                  next_id: Callable[[], int], on_object: Callable[[dict, object], None],
-                 want_polygons: bool, margin: int = 64, h: float = 1.5, min_area: int = 4,
-                 block: int = 1024, decoder: str = "auto", max_component_px: float = 0.0) -> None:
+                 want_polygons: bool, margin: int = 64, block: int = 1024,
+                 decoding: InstanceDecoding | None = None) -> None:
         self.prompt, self.g, self.read_rgb = prompt, geometry, read_rgb
         self.next_id, self.on_object, self.want_polygons = next_id, on_object, want_polygons
-        self.h, self.min_area, self.block = h, min_area, block
-        # the model's inference.instances, as segment() decodes ("auto": "hv" with maps)
-        self.decoder = "hv" if decoder in ("auto", "none") else decoder
-        # inference.max_cell_component_um2 in working px: larger parts of the mask (as far as one analysis
-        # window, a strip +- margin rows by a column block + margin, sees them) are not nuclei
-        self.max_component_px = max_component_px
+        self.block = block
+        # the decoder segment() uses for this prompt (inference.separation.instance_decoding); None: a watershed
+        # of the mask with segment()'s settings
+        self.decoding = decoding or InstanceDecoding("watershed", MIN_AREA_PX, WATERSHED_H_PX)
         self.count = 0
         self._look = Lookahead(margin, self._process)
 
     def push(self, r0: int, mask: np.ndarray, maps: np.ndarray | None = None) -> None:
         """A strip of the mask ``bool [n, W]`` and, from a model with a separation head, its separation maps
-        ``[n, W, 3]`` (centre offsets x, y in [-1, 1], border distance in [0, 1])."""
+        ``[n, W, C]`` (centre offsets x, y in [-1, 1], border distance in [0, 1], thick border with C = 4)."""
         if maps is not None:
             self._look.push(r0, np.concatenate([mask[..., None].astype(maps.dtype), maps], axis=-1))
         else:
@@ -128,24 +120,24 @@ class InstanceAnalyzer:
                 self._block(core0, core1, w0, x0, b0, b1, sub)
 
     def _block(self, core0: int, core1: int, w0: int, x0: int, b0: int, b1: int, window: np.ndarray) -> None:
+        if window.ndim == 3:  # mask + separation maps
+            maps = np.moveaxis(window[..., 1:], -1, 0).astype(np.float32)
+            labels = self.decoding.decode(window[..., 0] > 0.5, maps)
+        else:
+            labels = self.decoding.decode(window, None)
+        self._emit(labels, core0, core1, w0, x0, b0, b1)
+
+    def measure(self, labels: np.ndarray) -> None:
+        """Measures (and outlines) every object of a finished ``int [H, W]`` instance map (rows from 0): the
+        objects a view's decoder already made, as a slide's analysis would report them."""
+        self._emit(np.asarray(labels), 0, labels.shape[0], 0, 0, 0, labels.shape[1])
+
+    def _emit(self, labels: np.ndarray, core0: int, core1: int, w0: int, x0: int, b0: int, b1: int) -> None:
+        """One row (and outline) per object of ``labels`` (a window whose corner is working ``(w0, x0)``) whose
+        centroid lies in rows ``[core0, core1)`` and columns ``[b0, b1)``."""
         from skimage.color import rgb2hed
         from skimage.measure import regionprops
 
-        if self.max_component_px > 0:
-            from ..inference.plausibility import oversized_parts
-
-            mask = window[..., 0] > 0.5 if window.ndim == 3 else window
-            gone = oversized_parts(mask, self.max_component_px)
-            if gone.any():
-                window = window.copy()
-                window[gone] = 0
-        if window.ndim == 3 and self.decoder == "watershed":  # the model is set to ignore its maps
-            labels = split_instances(window[..., 0] > 0.5, h=self.h, min_area=self.min_area)
-        elif window.ndim == 3:  # mask + separation maps: the decoder segment() uses
-            labels = decode_instances(window[..., 0] > 0.5, np.moveaxis(window[..., 1:], -1, 0).astype(np.float32),
-                                      self.decoder, min_area=self.min_area)
-        else:
-            labels = split_instances(window, h=self.h, min_area=self.min_area)
         kept = []
         for prop in regionprops(labels):
             cy = prop.centroid[0] + 0.5 + w0  # corner coordinates of the centroid
@@ -188,7 +180,8 @@ class RegionTracer:
         self.open: list = []
         self._look = Lookahead(1, self._process)
 
-    def push(self, r0: int, mask: np.ndarray) -> None:
+    def push(self, r0: int, mask: np.ndarray, maps: np.ndarray | None = None) -> None:
+        """A strip of the mask ``bool [n, W]`` (``maps``: accepted like :meth:`InstanceAnalyzer.push`, unused)."""
         self._look.push(r0, mask)
 
     def finish(self) -> None:

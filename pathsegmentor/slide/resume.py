@@ -13,7 +13,7 @@ import numpy as np
 from .reader import SlideError
 
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: every tile gated by its presence before blending
 
 
 PARTIAL = ".partial"
