@@ -105,6 +105,35 @@ def test_registry_without_root_serves_only_given_files(tmp_path):
         FileRegistry([tmp_path / "x.txt"]) if (tmp_path / "x.txt").write_text("x") else None
 
 
+def test_the_first_file_given_is_the_one_the_page_opens_at_once(client, served, tmp_path):
+    """``pathsegmentor serve FILE``: /api/files names FILE as ``initial`` (the page opens it on load, app.js);
+    with only --root there is none, and the page waits for a choice."""
+    data = client.get("/api/files").json()
+    assert data["initial"] == "glas_train_1.png" == data["files"][0]["name"]
+    assert client.post("/api/open", json={"file": data["initial"]}).status_code == 200
+    assert FileRegistry(root=served).initial is None
+    (tmp_path / "b.png").write_bytes((SAMPLES_DIR / TILE).read_bytes())
+    assert FileRegistry([tmp_path / "b.png", SAMPLES_DIR / TILE]).initial == "b.png"
+    page = client.get("/static/app.js").text
+    assert "data.initial" in page and "openFile()" in page
+
+
+def test_prompt_resolver_is_built_once_per_model_not_per_request(client, monkeypatch):
+    from pathsegmentor.inference import prompts as prompts_mod
+
+    state = client.app.state.serve
+    resolver = state.model.__dict__["_prompt_resolver"]  # built when the app was created
+    built = []
+    real = prompts_mod.PromptResolver.__post_init__
+    monkeypatch.setattr(prompts_mod.PromptResolver, "__post_init__", lambda self: built.append(1) or real(self))
+    info = _open(client, TILE)
+    for words in (["nuclei"], ["gland", "a red car"], ["tumour cells"]):
+        r = client.post("/api/segment", json={"image": info["id"], "prompts": words,
+                                              "region": {"x": 0, "y": 0, "w": 256, "h": 256}})
+        assert r.status_code == 200, r.text
+    assert built == [] and state.model.__dict__["_prompt_resolver"] is resolver
+
+
 def test_open_tile_and_dzi(client):
     info = _open(client, TILE)
     assert (info["width"], info["height"], info["mpp"], info["kind"]) == (512, 512, 0.25, "tile")

@@ -1,7 +1,7 @@
 """``pathsegmentor serve`` in a real headless browser (Debian's ``chromium`` driven by Playwright): the
-page opens a bundled tile, a prompt is typed and its overlay appears (the viewer's pixels change), a
-box prompt is drawn, the GeoJSON export is a FeatureCollection; a generated pyramidal slide opens and
-is segmented whole as a job; a corrupt file shows its error in the page. With ``PATHSEG_SCREENSHOT_DIR``
+page opens the file given first at once; a bundled tile is opened, a prompt is typed and its overlay appears
+(the viewer's pixels change), a box prompt is drawn, the GeoJSON export is a FeatureCollection; a generated
+pyramidal slide opens and is segmented whole as a job; a corrupt file shows its error in the page. With ``PATHSEG_SCREENSHOT_DIR``
 set, the page with the tile's overlay is saved there as ``serve.jpg`` (the README's picture)."""
 from __future__ import annotations
 
@@ -85,6 +85,14 @@ def _open(page, name: str) -> None:
     page.select_option("#file", name)
     page.click("#open")
     page.wait_for_function(IDLE)
+
+
+def test_the_file_given_on_the_command_line_is_open_at_once(page):
+    """``pathsegmentor serve FILE``: the page opens FILE on load, without a click (it used to say "no file open")."""
+    page.wait_for_function(f"window.pathseg.image && window.pathseg.image.name === '{TILE}' && {IDLE}")
+    assert page.locator("#file").input_value() == TILE
+    assert "0.25 µm/px" in page.locator("#info").inner_text()
+    assert page.locator("#error").is_hidden()
 
 
 def test_tile_prompt_overlay_box_and_export(page):

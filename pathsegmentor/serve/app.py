@@ -3,7 +3,8 @@
 Endpoints (all errors are JSON ``{"error": message}`` with a 4xx status; the page shows the message):
 
 ``GET /``                                          the page (``static/index.html``)
-``GET /api/files``                                 the files this server may open, and the model
+``GET /api/files``                                 the files this server may open, the model, and ``initial``:
+                                                   the file the page opens at once (the first one given)
 ``POST /api/open`` ``{"file"}``                    open a file: size, mpp, levels, DZI URL
 ``GET /api/images/{id}.dzi``                       Deep Zoom descriptor
 ``GET /api/images/{id}_files/{level}/{col}_{row}.jpeg``  a DZI tile, cut from the pyramid
@@ -42,7 +43,10 @@ class ServerState:
 
     def __init__(self, model: Any, files: FileRegistry, *, mpp: float | None = None,
                  workdir: str | Path | None = None, max_results: int = 32) -> None:
+        from ..inference.prompts import resolver_for
+
         self.model, self.files, self.mpp = model, files, mpp
+        resolver_for(model)  # the prompt resolver, built once for the server's life (kept on the model)
         self.cache = EmbeddingCache()
         self.images: dict[str, OpenedImage] = {}
         self.results: OrderedDict[str, ViewResult] = OrderedDict()
@@ -140,7 +144,8 @@ def create_app(model: Any, files: FileRegistry, *, mpp: float | None = None, wor
 
     def list_files(request: Request):
         return JSONResponse({"files": [{"name": f.name, "kind": f.kind} for f in state.files.list()],
-                             "model": state.model_info(), "root": str(state.files.root) if state.files.root else None})
+                             "model": state.model_info(), "root": str(state.files.root) if state.files.root else None,
+                             "initial": state.files.initial})
 
     async def open_file(request: Request):
         body = await body_of(request)

@@ -66,9 +66,13 @@ class CachedModel:
     """
 
     def __init__(self, model: Any, cache: EmbeddingCache, key: tuple) -> None:
+        from ..inference.prompts import resolver_for
+
         self._model, self._cache = model, cache
         self._key = (*key, model.name, id(model))
         self.encoded = self.reused = 0
+        # the model's prompt resolver (built once per model and kept on it), not one per request and wrapper
+        self.__dict__["_prompt_resolver"] = resolver_for(model)
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(type(self._model), name, None)

@@ -1,8 +1,9 @@
 """``pathsegmentor serve [PATHS...] [--root DIR] [--model NAME_OR_DIR] [--host 127.0.0.1] [--port N] [--open]``
 
 Starts the local viewer (uvicorn) and prints its URL. Only the files given and the image files under
-``--root`` can be opened. Binds to 127.0.0.1 unless ``--host`` says otherwise (then it warns: the
-viewer has no authentication). Exit codes: 0 stopped, 1 runtime failure (model), 2 bad usage.
+``--root`` can be opened; the first file given is open in the page at once. Binds to 127.0.0.1 unless
+``--host`` says otherwise (then it warns: the viewer has no authentication). Exit codes: 0 stopped,
+1 runtime failure (model), 2 bad usage.
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", nargs="*", metavar="PATH", help="tiles (PNG/JPEG/TIFF) or slides (TIFF/SVS/OME-TIFF) to serve")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="tiles (PNG/JPEG/TIFF) or slides "
+                        "(TIFF/SVS/OME-TIFF) to serve; the first opens in the page at once")
     parser.add_argument("--root", default=None, help="also serve the image files under this folder")
     parser.add_argument("--model", "-m", default=None, help="registered model name or model directory "
                         "(default: pathsegmentor-tiny)")

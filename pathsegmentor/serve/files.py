@@ -64,6 +64,12 @@ class FileRegistry:
                 name, k = f"{path.stem}-{k}{path.suffix}", k + 1
             self._given[name] = ServedFile(name, path.resolve())
 
+    @property
+    def initial(self) -> str | None:
+        """The name of the first file given on the command line (``pathsegmentor serve FILE`` opens it in the page
+        at once), or None when only ``--root`` was given."""
+        return next(iter(self._given), None)
+
     def list(self, limit: int = 2000) -> list[ServedFile]:
         """The given files, then the image files under the root (sorted, at most ``limit``)."""
         out = list(self._given.values())

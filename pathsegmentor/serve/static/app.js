@@ -34,6 +34,10 @@ async function loadFiles() {
   S.model = data.model;
   $("file").innerHTML = data.files.map((f) => `<option value="${f.name}">${f.name} (${f.kind})</option>`).join("");
   status(`model ${data.model.name}: ${data.model.mpp} µm/px, ${data.model.input_size} px windows`);
+  if (data.initial && !S.image) {  // `pathsegmentor serve FILE`: FILE is open at once
+    $("file").value = data.initial;
+    await openFile();
+  }
 }
 
 function clearLayers(list) { for (const l of list.splice(0)) viewer.world.removeItem(l.item); }
