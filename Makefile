@@ -1,18 +1,22 @@
-# Reproduce the shipped pathsegmentor-tiny v3 from ../shared/data (2 CPU cores: about 80 minutes of training).
-# v3 continues v2 (the weights of commit $(V2_COMMIT), extracted from git history by `v2-weights`); v2 itself was
-# fine-tuned from v1 (commit $(V1_COMMIT), `v1-weights`, recipe configs/train/tiny-v2-cpu.yaml: `make train-tiny-v2`).
+# Reproduce the shipped pathsegmentor-tiny v4 from ../shared/data (2 CPU cores: about an hour of training).
+# v4 (dense pixel decoder, configs/train/tiny-v4-cpu.yaml) starts from v3, the weights of commit $(V3_COMMIT) extracted
+# from git history by `v3-weights`; v3 continued v2 (commit $(V2_COMMIT), `v2-weights`, `make train-tiny-v3`), v2 was
+# fine-tuned from v1 (commit $(V1_COMMIT), `v1-weights`, `make train-tiny-v2`).
 CORPUS ?= runs/pathseg-shared
-RUN ?= runs/tiny-v3
-MODEL ?= $(RUN)/model-presence
+RUN ?= runs/tiny-v4
+MODEL ?= $(RUN)/model
 V1 ?= runs/tiny-v1
 V1_COMMIT ?= 4e248bd
 V2 ?= runs/tiny-v2-weights
 V2_COMMIT ?= a1338fc
+V3 ?= runs/tiny-v3-weights
+V3_COMMIT ?= 51d88f9
 WEIGHTS = pathsegmentor/weights/pathsegmentor-tiny
 
-.PHONY: ablate-tiny retrain-tiny corpus v1-weights v2-weights train-tiny train-tiny-v2 refit-presence calibrate-tiny eval-tiny bench-tiny train-tiny-v1 test
+.PHONY: ablate-tiny retrain-tiny corpus v1-weights v2-weights v3-weights train-tiny train-tiny-v3 train-tiny-v2 \
+  settings-tiny refit-presence calibrate-tiny eval-tiny bench-tiny baseline-unet train-tiny-v1 test
 
-retrain-tiny: corpus v2-weights train-tiny refit-presence calibrate-tiny eval-tiny
+retrain-tiny: corpus v3-weights train-tiny settings-tiny calibrate-tiny eval-tiny
 
 corpus:
 	pathseg-build --config configs/data/shared.yaml --out $(CORPUS)
@@ -27,28 +31,40 @@ v2-weights:
 	git show $(V2_COMMIT):$(WEIGHTS)/model.safetensors > $(V2)/model.safetensors
 	git show $(V2_COMMIT):$(WEIGHTS)/config.json > $(V2)/config.json
 
-# two legs, as the shipped run: steps 0-600 with one exhaustive-absent negative per crop (the leg ends with exit
-# status 3 right after its checkpoint, hence the leading '-'), then resumed exactly with two (the recipe's value)
+v3-weights:
+	mkdir -p $(V3)
+	git show $(V3_COMMIT):$(WEIGHTS)/model.safetensors > $(V3)/model.safetensors
+	git show $(V3_COMMIT):$(WEIGHTS)/config.json > $(V3)/config.json
+
+# two legs, as the shipped run: steps 0-1000 under a 4500-step schedule (the leg ends with exit status 3 right after
+# its checkpoint, hence the leading '-'), then resumed exactly to the recipe's 3500 steps
 train-tiny:
-	-OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v3-cpu.yaml output_dir=$(RUN) \
+	-OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v4-cpu.yaml output_dir=$(RUN) \
+	  data.corpus=$(abspath $(CORPUS)) model.init_from=$(abspath $(V3)) train.steps=4500 train.stop_after=1000
+	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v4-cpu.yaml output_dir=$(RUN) \
+	  data.corpus=$(abspath $(CORPUS)) model.init_from=$(abspath $(V3)) --resume
+
+# the inference settings that are decisions (each commented in the file) into the trained model's config.json
+settings-tiny:
+	python -m pathsegmentor.evaluation.settings $(MODEL) configs/inference/tiny-v4.yaml
+
+# v3: two legs from v2 (0-600 with one exhaustive-absent negative per crop, then resumed with two), presence refit
+V3RUN ?= runs/tiny-v3
+train-tiny-v3: v2-weights
+	-OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v3-cpu.yaml output_dir=$(V3RUN) \
 	  data.corpus=$(abspath $(CORPUS)) model.init_from=$(abspath $(V2)) data.negatives_per_image=1 train.stop_after=600
-	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v3-cpu.yaml output_dir=$(RUN) \
+	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v3-cpu.yaml output_dir=$(V3RUN) \
 	  data.corpus=$(abspath $(CORPUS)) model.init_from=$(abspath $(V2)) --resume
 
 train-tiny-v2: v1-weights
 	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v2-cpu.yaml output_dir=runs/tiny-v2 \
 	  data.corpus=$(abspath $(CORPUS)) model.init_from=$(abspath $(V1))
 
-# the presence head alone refit on the trained model's own decoder features of the TRAINING split (the shipped
-# weights are this step's output: $(MODEL))
+# v3 only: the presence head alone refit on the trained model's own decoder features of the TRAINING split (v3's
+# shipped weights were this step's output); v4 trains its presence head on, from v3's refit one
 refit-presence:
-	OMP_NUM_THREADS=2 python -m pathsegmentor.training.presence_refit $(RUN)/model --data $(CORPUS) --out $(MODEL) \
-	  --features $(RUN)/presence-features.npz
-	# point/box prompts through the instance decoder, boxes by mask component (both chosen on the training split);
-	# nucleus-mask parts over 5000 µm² dropped (bench/cell_components.py: the largest on the training split is 1838)
-	python -c "import json; p = '$(MODEL)/config.json'; c = json.load(open(p)); \
-	  c['inference'].update(geometric_mode='instances', geometric_box='component', max_cell_component_um2=5000.0); \
-	  open(p, 'w').write(json.dumps(c, indent=2) + '\n')"
+	OMP_NUM_THREADS=2 python -m pathsegmentor.training.presence_refit $(V3RUN)/model --data $(CORPUS) \
+	  --out $(V3RUN)/model-presence --features $(V3RUN)/presence-features.npz
 
 # presence threshold: maximises MCC on the TRAINING split (never validation), written into the model's config
 calibrate-tiny:
@@ -60,6 +76,12 @@ eval-tiny:
 	  --cross-prompt gland --cross-prompt "glandular structures"
 	python -m pathsegmentor.evaluation.vocabulary $(MODEL) --counts $(CORPUS)/report/counts.csv \
 	  --by-category $(RUN)/eval-validation/by_category.csv
+
+# the plain text-free U-Net of the model card, trained on the v4 recipe's own crops (2000 steps of 8), scored beside v4
+baseline-unet:
+	OMP_NUM_THREADS=2 python bench/baseline_unet.py --data $(CORPUS) --steps 2000 --curve-every 500 --model $(MODEL) \
+	  --out runs/baseline-unet
+	python bench/learning_curve.py --run $(RUN) --data $(CORPUS) --baseline runs/baseline-unet/baseline_unet.json
 
 # the figures of the model card's instance and prompt tables (validation split)
 bench-tiny:

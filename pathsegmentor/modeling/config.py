@@ -209,18 +209,19 @@ def apply_overrides(cfg, overrides: dict[str, Any]):
     data = dataclasses.asdict(cfg)
     flat: dict[str, Any] = {}
 
-    def flatten(prefix: str, value: Any, node: Any) -> None:
-        if isinstance(value, dict) and isinstance(node, dict) and value:
+    def flatten(prefix: str, value: Any, section: Any) -> None:
+        # a mapping given for a config section (a dataclass) is merged key by key; any other value replaces
+        if isinstance(value, dict) and value and dataclasses.is_dataclass(section):
             for k, v in value.items():
-                flatten(f"{prefix}.{k}", v, node.get(k))
+                flatten(f"{prefix}.{k}", v, getattr(section, k, None))
         else:
             flat[prefix] = value
 
     for dotted, value in overrides.items():
-        node = data
+        section: Any = cfg
         for p in dotted.split("."):
-            node = node.get(p) if isinstance(node, dict) else None
-        flatten(dotted, value, node)
+            section = getattr(section, p, None) if dataclasses.is_dataclass(section) else None
+        flatten(dotted, value, section)
     for dotted, value in flat.items():
         node = data
         parts = dotted.split(".")
