@@ -114,19 +114,8 @@ def segment_slide(model, path: str | Path, prompts: str | Sequence[str], out: st
         lv = reader.level(level) if level is not None else choose_level(reader, model_mpp)
         grid = WorkGrid(reader, lv, model_mpp)
         plan = BandPlan(grid.height, grid.width, tile, overlap, rows_per_band)
-        stat = Path(path).stat()
-        state = {"version": STATE_VERSION, "slide": str(Path(path).resolve()), "slide_bytes": stat.st_size,
-                 "slide_mtime_ns": stat.st_mtime_ns, "prompts": list(prompts), "model": model.name,
-                 "model_fingerprint": _model_fingerprint(model), "level": lv.index, "mpp": reader.mpp,
-                 "work_shape": [grid.height, grid.width], "tile": tile, "overlap": overlap, "dtype": dtype,
-                 "tissue": bool(tissue), "rows_per_band": rows_per_band, "bands": len(plan), "hires": hires,
-                 "presence_threshold": pthr,
-                 "prompt_resolution": [r.to_dict() for r in resolutions],
-                 "refused_prompts": [r.to_dict() for r in refused], "backend": reader.backend,
-                 "work_mpp_note": ("" if len(group_mpps) == 1 else
-                                   f"prompts of working resolutions {group_mpps} µm/px run together at the finest, "
-                                   f"{model_mpp}; run them separately for each one's own resolution"),
-                 **({"mpp_estimate": estimate} if estimate is not None else {})}
+        state = _state(model, path, reader, grid, plan, prompts, resolutions, refused, group_mpps, estimate,
+                       dtype=dtype, tissue=tissue, hires=hires, presence_threshold=pthr, rows_per_band=rows_per_band)
         mode = _check_out(out, state, resume)  # every rank checks (read-only) so all fail alike
         procs.barrier()
         partial = out / PARTIAL
@@ -136,40 +125,17 @@ def segment_slide(model, path: str | Path, prompts: str | Sequence[str], out: st
             _atomic_json(partial / "state.json", state)
         procs.barrier()
 
-        thumb, _ = reader.thumbnail(2048)
-        thumb_px_um2 = reader.mpp ** 2 * (reader.dimensions[0] / thumb.shape[0]) * (reader.dimensions[1] / thumb.shape[1])
-        min_px = int(MIN_TISSUE_UM2 / thumb_px_um2)
-        tmask = tissue_mask(thumb, min_pixels=min_px) if tissue else np.ones(thumb.shape[:2], bool)
-        tmap = TissueMap(tmask, grid.height, grid.width, margin=1 if tissue else 0)
+        thumb, tmask, tmap = _tissue(reader, grid, tissue)
 
         store = PartStore(partial / "parts", width=grid.width)
         mine = [b for b in bands_for_rank(len(plan), procs.rank, procs.world) if not store.done(b)]
         text_emb = model.encode_text([r.answered_as for r in resolutions])
         plan_inst = _InstancePlan.of(model, resolutions, instances, grid.mpp_x)
-        n_tiles = len(mine) * len(plan.xs) * rows_per_band
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n_tiles, unit="tile", desc="slide" if procs.world == 1 else f"slide[{procs.rank}]",
-                   disable=not progress, dynamic_ncols=True, smoothing=0.1)
-        progress_file = partial / f"progress-rank{procs.rank}.json"
-        done_here: list[int] = []
         t_start = time.perf_counter()
-        predicted = skipped = 0
-        try:
-            for b in mine:
-                band = plan.bands[b]
-                arrays, n_pred, n_skip = predict_band(model, grid, plan, band, text_emb, tmap if tissue else None,
-                                                      dtype, hires, bar, sep_rows=plan_inst.sep_rows,
-                                                      presence_threshold=pthr, channels=plan_inst.channels)
-                store.save(b, arrays)
-                predicted, skipped = predicted + n_pred, skipped + n_skip
-                done_here.append(b)
-                _atomic_json(progress_file, {"rank": procs.rank, "world": procs.world, "bands_done": done_here,
-                                             "bands_total": len(plan)})
-                if on_band is not None:
-                    on_band(b, len(done_here))
-        finally:
-            bar.close()
+        predicted, skipped = _predict_bands(model, grid, plan, store, mine, text_emb, tmap if tissue else None,
+                                            plan_inst, procs, partial / f"progress-rank{procs.rank}.json",
+                                            dtype=dtype, hires=hires, presence_threshold=pthr, progress=progress,
+                                            on_band=on_band)
         infer_s = time.perf_counter() - t_start
         procs.barrier()
         if not procs.is_main:
@@ -224,3 +190,62 @@ class _InstancePlan:
         sep_rows = [i for i, d in enumerate(decoding) if maps and d is not None and d.reads_maps]
         channels = int(getattr(getattr(model.config, "mask_decoder", None), "separation_channels", 0) or 3)
         return cls(decoding, [is_cell_concept(r.segmented_as) for r in resolutions], sep_rows, channels)
+
+
+def _state(model, path: str | Path, reader, grid: WorkGrid, plan: BandPlan, prompts: list[str],
+           resolutions: list[PromptResolution], refused: list[PromptResolution], group_mpps: list[float],
+           estimate: dict | None, *, dtype: str, tissue: bool, hires: bool | None, presence_threshold: float,
+           rows_per_band: int) -> dict:
+    """The run's settings as saved in ``.partial/state.json``: a resume must match them all."""
+    stat = Path(path).stat()
+    return {"version": STATE_VERSION, "slide": str(Path(path).resolve()), "slide_bytes": stat.st_size,
+            "slide_mtime_ns": stat.st_mtime_ns, "prompts": list(prompts), "model": model.name,
+            "model_fingerprint": _model_fingerprint(model), "level": grid.level.index, "mpp": reader.mpp,
+            "work_shape": [grid.height, grid.width], "tile": plan.tile, "overlap": plan.overlap, "dtype": dtype,
+            "tissue": bool(tissue), "rows_per_band": rows_per_band, "bands": len(plan), "hires": hires,
+            "presence_threshold": presence_threshold,
+            "prompt_resolution": [r.to_dict() for r in resolutions],
+            "refused_prompts": [r.to_dict() for r in refused], "backend": reader.backend,
+            "work_mpp_note": ("" if len(group_mpps) == 1 else
+                              f"prompts of working resolutions {group_mpps} µm/px run together at the finest, "
+                              f"{group_mpps[0]}; run them separately for each one's own resolution"),
+            **({"mpp_estimate": estimate} if estimate is not None else {})}
+
+
+def _tissue(reader, grid: WorkGrid, tissue: bool) -> tuple[np.ndarray, np.ndarray, TissueMap]:
+    """(thumbnail, its tissue mask, the :class:`TissueMap` on the working grid); ``tissue=False``: all tissue."""
+    thumb, _ = reader.thumbnail(2048)
+    thumb_px_um2 = reader.mpp ** 2 * (reader.dimensions[0] / thumb.shape[0]) * (reader.dimensions[1] / thumb.shape[1])
+    min_px = int(MIN_TISSUE_UM2 / thumb_px_um2)
+    tmask = tissue_mask(thumb, min_pixels=min_px) if tissue else np.ones(thumb.shape[:2], bool)
+    return thumb, tmask, TissueMap(tmask, grid.height, grid.width, margin=1 if tissue else 0)
+
+
+def _predict_bands(model, grid: WorkGrid, plan: BandPlan, store: PartStore, mine: list[int], text_emb,
+                   tmap: TissueMap | None, plan_inst: _InstancePlan, procs: _Processes, progress_file: Path, *,
+                   dtype: str, hires: bool | None, presence_threshold: float, progress: bool,
+                   on_band: Callable[[int, int], None] | None) -> tuple[int, int]:
+    """This process' bands (``mine``) predicted and saved one by one (progress in ``progress_file``);
+    returns the tiles (predicted, skipped as background)."""
+    from tqdm.auto import tqdm
+
+    n_tiles = sum(len(plan.bands[b].rows) for b in mine) * len(plan.xs)
+    bar = tqdm(total=n_tiles, unit="tile", desc="slide" if procs.world == 1 else f"slide[{procs.rank}]",
+               disable=not progress, dynamic_ncols=True, smoothing=0.1)
+    done_here: list[int] = []
+    predicted = skipped = 0
+    try:
+        for b in mine:
+            arrays, n_pred, n_skip = predict_band(model, grid, plan, plan.bands[b], text_emb, tmap, dtype, hires, bar,
+                                                  sep_rows=plan_inst.sep_rows, presence_threshold=presence_threshold,
+                                                  channels=plan_inst.channels)
+            store.save(b, arrays)
+            predicted, skipped = predicted + n_pred, skipped + n_skip
+            done_here.append(b)
+            _atomic_json(progress_file, {"rank": procs.rank, "world": procs.world, "bands_done": done_here,
+                                         "bands_total": len(plan)})
+            if on_band is not None:
+                on_band(b, len(done_here))
+    finally:
+        bar.close()
+    return predicted, skipped
