@@ -36,11 +36,12 @@ class DualFeatures(ImageFeatures):
 
     def to(self, *args, **kwargs) -> "DualFeatures":
         base = ImageFeatures.to(self, *args, **kwargs)
-        return DualFeatures(base.embedding, base.skips, {k: v.to(*args, **kwargs) for k, v in self.branches.items()})
+        return DualFeatures(base.embedding, base.skips,
+                            branches={k: v.to(*args, **kwargs) for k, v in self.branches.items()})
 
     def select(self, index: torch.Tensor | slice) -> "DualFeatures":
         base = ImageFeatures.select(self, index)
-        return DualFeatures(base.embedding, base.skips, {k: v.select(index) for k, v in self.branches.items()})
+        return DualFeatures(base.embedding, base.skips, branches={k: v.select(index) for k, v in self.branches.items()})
 
 
 class DualEncoder(nn.Module):
@@ -106,7 +107,7 @@ class DualEncoder(nn.Module):
         a = self.aggregation(t, s.embedding)
         branches = {"teacher": ImageFeatures(t), "student": s, "aggregated": ImageFeatures(a, s.skips)}
         assert tuple(branches) == BRANCHES
-        return DualFeatures(a, s.skips, branches)
+        return DualFeatures(a, s.skips, branches=branches)
 
     def forward_features(self, pixels: torch.Tensor) -> ImageFeatures:
         if self._mode == "student":

@@ -231,33 +231,11 @@ class PathSegmentor(nn.Module):
                               separation=sep_rows)
             logits, presence, sep = out.mask_logits, out.presence_logits, out.separation
         else:
-            has_box = ~torch.isnan(boxes.reshape(b * p, 4)[:, 0]) if boxes is not None else torch.zeros_like(has_text)
-            has_point = ~torch.isnan(points.reshape(b * p, 2)[:, 0]) if points is not None else torch.zeros_like(has_text)
-            parts: list[tuple[torch.Tensor, object]] = []
-            for rows_mask, use_text, use_box, use_point in (
-                    (has_text & ~has_box & ~has_point, True, False, False), (has_text & has_box, True, True, False),
-                    (~has_text & has_box, False, True, False), (~has_text & has_point, False, False, True)):
-                rows = rows_mask.nonzero(as_tuple=True)[0]
-                if rows.numel() == 0:
-                    continue
-                pts = None
-                if use_point:
-                    xy = points.reshape(b * p, 1, 2)[rows]
-                    pts = (xy, torch.ones(xy.shape[:2], dtype=torch.long, device=xy.device))
-                group_sep = sep_rows[rows] if isinstance(sep_rows, torch.Tensor) else sep_rows
-                parts.append((rows, self.decode(features, pixels, image_index=index[rows], separation=group_sep,
-                                                text_embeddings=text_embeddings[rows] if use_text else None,
-                                                boxes=boxes.reshape(b * p, 4)[rows] if use_box else None,
-                                                points=pts)))
-            # the groups back in row order with one gather each (no zero-filled copies per group)
-            back = torch.argsort(torch.cat([r for r, _ in parts]))
-            logits = torch.cat([o.mask_logits for _, o in parts]).index_select(0, back)
-            presence = torch.cat([o.presence_logits for _, o in parts]).index_select(0, back)
-            sep = None
-            if any(o.separation is not None for _, o in parts):
-                ref = next(o.separation for _, o in parts if o.separation is not None)
-                sep = torch.cat([o.separation if o.separation is not None else
-                                 ref.new_zeros((len(r), *ref.shape[1:])) for r, o in parts]).index_select(0, back)
+            from .prompt_groups import decode_prompt_groups
+
+            logits, presence, sep = decode_prompt_groups(
+                self, features, pixels, text_embeddings=text_embeddings, has_text=has_text, image_index=index,
+                boxes=boxes, points=points, separation=sep_rows)
         if full_resolution:
             logits = F.interpolate(logits[:, None], size=pixels.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
             if sep is not None:
