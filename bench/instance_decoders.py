@@ -4,7 +4,7 @@
         [--split train] [--source monuseg] [--limit 24]
 
 The model runs once per image (``segment()`` with the shipped decoder); its probabilities and separation maps
-are kept (the bench wraps ``pathsegmentor.inference.segment.decode_instances`` to see the maps it is given), and
+are kept (the bench wraps ``pathsegmentor.inference.separation.decode_instances`` to see the maps it is given), and
 every decoder setting is applied to them offline:
 
 * mask threshold 0.4 / 0.5;
@@ -34,7 +34,7 @@ SHIPPED = {"distance": 0.45, "watershed": 1.5, "hv": 0.25, "border": 0.5}  # the
 
 def capture(model, corpus, split: str, source: str, limit: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """``(probs float32 [H, W], maps float32 [3 or 4, H, W], ground-truth instances int32 [H, W])`` per image."""
-    import pathsegmentor.inference.segment as seg
+    import pathsegmentor.inference.separation as seg
 
     label = LABELS[source]
     seen: dict = {}
@@ -72,6 +72,7 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="train")
     ap.add_argument("--source", default="monuseg", choices=sorted(LABELS))
     ap.add_argument("--limit", type=int, default=24, help="images (0: all of the source in the split)")
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     import torch
 
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
     from pathsegmentor.inference.instances import separate_instances
     from pathsegmentor.inference.separation import instances_from_border, instances_from_distance, instances_from_hv
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     model = PathSegmentor.from_pretrained(args.model).eval()
     images = capture(model, load_pathseg(args.data), args.split, args.source, args.limit)
     decoders = {"distance": lambda m, maps, v: instances_from_distance(m, maps[2], core=v),
