@@ -81,7 +81,7 @@ eval-tiny:
 baseline-unet:
 	OMP_NUM_THREADS=2 python bench/baseline_unet.py --data $(CORPUS) --steps 2000 --curve-every 500 --model $(MODEL) \
 	  --out runs/baseline-unet
-	python bench/learning_curve.py --run $(RUN) --data $(CORPUS) --baseline runs/baseline-unet/baseline_unet.json
+	python bench/learning_curve.py --run $(RUN) --data $(CORPUS) --baseline runs/baseline-unet/baseline_curve.json
 
 # the figures of the model card's instance and prompt tables (validation split)
 bench-tiny:

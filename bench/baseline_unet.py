@@ -13,7 +13,8 @@ Scored on the validation split, per source, with the metrics of ``bench/instance
 mean ± sd, AJI, PQ, DQ = object F1 at IoU 0.5): images at the working µm/px, flips averaged, instances by the
 same ``border`` decoder the model uses (markers off the predicted border, grown back over it). With ``--model``
 the model's ``segment()`` runs on the same images beside it. Every ``--curve-every`` steps the baseline is scored
-on MoNuSeg and GlaS validation (learning curve: Dice and AJI against crops seen; written to ``--out``).
+on MoNuSeg and GlaS validation (learning curve: Dice and AJI against crops seen; ``--out``/baseline_curve.json,
+written as it grows).
 Nothing is asserted; the last line is JSON.
 """
 from __future__ import annotations
@@ -244,6 +245,7 @@ def main(argv=None) -> int:
             curve.append({"step": step, "crops": step * args.batch, "train_s": round(trained_s, 1),
                           **{f"{r['source']}_{k}": r.get(k) for r in rows for k in ("dice", "aji")}})
             print(json.dumps(curve[-1]), flush=True)
+            (out / "baseline_curve.json").write_text(json.dumps({"curve": curve}, indent=1))  # kept if stopped later
     torch.save(net.state_dict(), out / "unet.pt")
     model = None
     if args.model:

@@ -5,8 +5,9 @@ the run's kept checkpoint weights, beside the plain U-Net baseline's curve.
 
 Weights: ``RUN/curve/step_*/model.safetensors`` (copies of each checkpoint's weights, kept while the run trains:
 the loop itself keeps only the last two) and ``RUN/model`` (the end). Each is loaded into the run's architecture
-(``RUN/train_config.yaml``: registered model + overrides) with the inference settings of the run's start weights
-(``model.init_from``) but the architecture's own instance decoder (``auto``), scored with ``segment()`` (no flips) through ``bench/objects.py``. Writes
+(``RUN/train_config.yaml``: registered model + overrides) with the inference settings of the run's final model
+(``RUN/model/config.json``, as calibrated and written after training; else the start weights' with the
+architecture's own instance decoder, ``auto``), scored with ``segment()`` (no flips) through ``bench/objects.py``. Writes
 ``RUN/learning_curve.csv`` and ``RUN/learning_curve.png``; prints the table and a JSON last line.
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ from objects import model_counts, score_rows, validation_items  # noqa: E402
 SOURCES = ("monuseg", "glas")
 
 
-def _model_at(cfg, weights: Path, init_cfg):
+def _model_at(cfg, weights: Path, settings):
     from safetensors.torch import load_file
 
     from pathsegmentor.modeling.factory import create_model
@@ -39,9 +40,8 @@ def _model_at(cfg, weights: Path, init_cfg):
     if bad or unexpected:
         raise SystemExit(f"{weights}: does not match the run's architecture (missing {bad[:5]}, unexpected "
                          f"{unexpected[:5]})")
-    # the start's settings, but the instance decoder of this architecture ("auto": the thick border with four maps)
-    model.config.inference = dataclasses.replace(init_cfg.inference, instances="auto")
-    model.config.vocabulary = init_cfg.vocabulary
+    model.config.inference = settings.inference
+    model.config.vocabulary = settings.vocabulary
     return model.eval()
 
 
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", required=True)
     ap.add_argument("--data", default=str(REPO / "runs" / "pathseg-shared"))
-    ap.add_argument("--baseline", default="", help="baseline_unet.json of bench/baseline_unet.py (its curve)")
+    ap.add_argument("--baseline", default="", help="baseline_curve.json (or baseline_unet.json) of bench/baseline_unet.py")
     ap.add_argument("--every", type=int, default=1, help="score every n-th kept checkpoint")
     ap.add_argument("--limit", type=int, default=0, help="validation images per source (0: all)")
     ap.add_argument("--threads", type=int, default=2)
@@ -67,6 +67,10 @@ def main(argv=None) -> int:
     run = Path(args.run)
     cfg = from_dict(TrainConfig, yaml.safe_load((run / "train_config.yaml").read_text()), "train_config.yaml")
     init_cfg = from_pretrained(cfg.model.init_from).config if cfg.model.init_from else None
+    if (run / "model" / "config.json").is_file():
+        settings = from_pretrained(run / "model").config
+    else:
+        settings = dataclasses.replace(init_cfg, inference=dataclasses.replace(init_cfg.inference, instances="auto"))
     corpus = load_pathseg(args.data)
     items = list(validation_items(corpus, SOURCES, args.limit))
     per_step = cfg.train.batch_size * cfg.train.grad_accum
@@ -79,7 +83,7 @@ def main(argv=None) -> int:
         start = from_pretrained(cfg.model.init_from).eval()
         points.insert(0, (0, None))
     for step, weights in points:
-        model = start if weights is None else _model_at(cfg, weights, init_cfg)
+        model = start if weights is None else _model_at(cfg, weights, settings)
         scored = score_rows(model_counts(model, items, name="model"))
         row = {"step": step, "crops": step * per_step}
         for r in scored:
