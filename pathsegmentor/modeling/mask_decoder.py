@@ -110,15 +110,11 @@ def _mask_decoder_class():
             # upstream's channel LayerNorm in the upscaling, as the fused one (same keys and maths, one pass)
             self.output_upscaling[1] = LayerNorm2d(transformer_dim // 4)
             c = transformer_dim // 8
-            self.hires = hires
-            self.hires_features = HighResFeatures(dim=c, skip_channels=skip_channels)
-            self.hires_fuse = nn.Sequential(nn.Conv2d(c, c, 1), nn.GELU())
-            self.hires_hypernetwork = MLP(transformer_dim, transformer_dim, c, 3)
+            self.hires = hires and not dense
             self.presence_head = MLP(2 * transformer_dim, transformer_dim, 1, 3)
             self.separation_channels = separation_channels
             self.dense = dense
             if dense:  # per-pixel embeddings once per image; every output map is a product with them
-                self.hires = False
                 self.hires_features = self.hires_fuse = self.hires_hypernetwork = self.separation_head = None
                 self.pixel_decoder = PixelDecoder(in_dim=transformer_dim, skip_channels=dense_skip_channels or {},
                                                   widths=tuple(dense_widths), out_dim=dense_dim)
@@ -126,6 +122,9 @@ def _mask_decoder_class():
                 self.dense_hypernetwork = MLP(transformer_dim, transformer_dim,
                                               (1 + separation_channels) * (dense_dim + 1), 3)
             else:
+                self.hires_features = HighResFeatures(dim=c, skip_channels=skip_channels)
+                self.hires_fuse = nn.Sequential(nn.Conv2d(c, c, 1), nn.GELU())
+                self.hires_hypernetwork = MLP(transformer_dim, transformer_dim, c, 3)
                 self.separation_head = (SeparationHead(dim=c, channels=separation_channels)
                                         if separation_channels else None)
 
