@@ -36,10 +36,10 @@ v3-weights:
 	git show $(V3_COMMIT):$(WEIGHTS)/model.safetensors > $(V3)/model.safetensors
 	git show $(V3_COMMIT):$(WEIGHTS)/config.json > $(V3)/config.json
 
-# two legs, as the shipped run: steps 0-1000 under a 4500-step schedule (the leg ends with exit status 3 right after
-# its checkpoint, hence the leading '-'), then resumed exactly to the recipe's 3500 steps
+# two legs, as the shipped run: steps 0-1000 under a 4500-step schedule (train.stop_after ends the leg right after its
+# checkpoint), then resumed exactly to the recipe's 3500 steps
 train-tiny:
-	-OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v4-cpu.yaml output_dir=$(RUN) \
+	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v4-cpu.yaml output_dir=$(RUN) \
 	  data.corpus=$(abspath $(CORPUS)) model.init_from=$(abspath $(V3)) train.steps=4500 train.stop_after=1000
 	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v4-cpu.yaml output_dir=$(RUN) \
 	  data.corpus=$(abspath $(CORPUS)) model.init_from=$(abspath $(V3)) --resume
@@ -51,7 +51,7 @@ settings-tiny:
 # v3: two legs from v2 (0-600 with one exhaustive-absent negative per crop, then resumed with two), presence refit
 V3RUN ?= runs/tiny-v3
 train-tiny-v3: v2-weights
-	-OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v3-cpu.yaml output_dir=$(V3RUN) \
+	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v3-cpu.yaml output_dir=$(V3RUN) \
 	  data.corpus=$(abspath $(CORPUS)) model.init_from=$(abspath $(V2)) data.negatives_per_image=1 train.stop_after=600
 	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v3-cpu.yaml output_dir=$(V3RUN) \
 	  data.corpus=$(abspath $(CORPUS)) model.init_from=$(abspath $(V2)) --resume

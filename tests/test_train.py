@@ -92,13 +92,25 @@ def test_two_process_evaluate_matches_one(tmp_path, tiny_corpus, test_model_dir)
 
 
 def test_exact_resume_after_kill(tmp_path, tiny_corpus):
-    common = ["--config", str(TEST_RECIPE), f"data.corpus={tiny_corpus}", "train.steps=6", "train.save_every=3"]
+    """A run killed by a real SIGKILL from outside (once its first checkpoint is written) resumes exactly: the
+    weights equal those of a run that was never interrupted."""
+    import signal
+    import time
+
+    common = ["--config", str(TEST_RECIPE), f"data.corpus={tiny_corpus}", "train.steps=12", "train.save_every=3"]
     straight = tmp_path / "straight"
     r = _run_cli(common + [f"output_dir={straight}"])
     assert r.returncode == 0, r.stderr[-3000:]
     resumed = tmp_path / "resumed"
-    r = _run_cli(common + [f"output_dir={resumed}", "train.stop_after=3"])
-    assert r.returncode == 3, "the run should have been killed right after step 3's checkpoint"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "pathsegmentor.training", *common, f"output_dir={resumed}"],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list((resumed / "checkpoints").glob("step_*/trainer_state.json")) and proc.poll() is None:
+        assert time.time() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (resumed / "model").exists()
     r = _run_cli(common + [f"output_dir={resumed}", "--resume"])
     assert r.returncode == 0, r.stderr[-3000:]
@@ -106,6 +118,16 @@ def test_exact_resume_after_kill(tmp_path, tiny_corpus):
     assert a.keys() == b.keys()
     for k in a:
         assert (a[k] == b[k]).all(), f"{k} differs after resume"
+
+
+def test_a_leg_ends_at_stop_after_and_resumes(tmp_path, tiny_corpus):
+    common = ["--config", str(TEST_RECIPE), f"data.corpus={tiny_corpus}", "train.steps=6", "train.save_every=3"]
+    r = _run_cli(common + [f"output_dir={tmp_path}", "train.stop_after=3"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1])["stopped_after"] == 3
+    assert not (tmp_path / "model").exists() and (tmp_path / "checkpoints" / "step_0000003").is_dir()
+    r = _run_cli(common + [f"output_dir={tmp_path}", "--resume"])
+    assert r.returncode == 0 and (tmp_path / "model" / "model.safetensors").is_file(), r.stderr[-3000:]
 
 
 def test_embedding_cache_mode_then_evaluate(tmp_path, tiny_corpus):

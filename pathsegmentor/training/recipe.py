@@ -48,7 +48,7 @@ class LoopConfig:
     save_every: int = 50
     keep_checkpoints: int = 2
     log_every: int = 10
-    stop_after: int = 0  # testing aid: exit abruptly after this step's checkpoint (simulates a kill)
+    stop_after: int = 0  # end this leg after this step's checkpoint (no final model; continue with --resume)
     threads: int = 0  # torch.set_num_threads on CPU (0: leave default)
 
 

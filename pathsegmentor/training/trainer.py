@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import time
 from abc import ABC, abstractmethod
@@ -221,14 +220,15 @@ def fit(objective: Objective, *, resume: bool = False) -> dict[str, Any]:
         if step % loop.save_every == 0 or step == loop.steps:
             save_checkpoint(accelerator, ckpt_root, step, cfg)
             if loop.stop_after and step >= loop.stop_after:
-                accelerator.wait_for_everyone()
-                bar.close()
-                sys.stdout.flush()
-                os._exit(3)  # simulate a kill right after a checkpoint
+                break  # the end of a leg: continue with --resume
         if step >= loop.steps:
             break
     bar.close()
     accelerator.wait_for_everyone()
+    if step < loop.steps:  # a leg ended by train.stop_after: the checkpoint is the output, no final model
+        accelerator.print(f"stopped after step {step}'s checkpoint (train.stop_after); continue with --resume")
+        accelerator.end_training()
+        return {"steps": step, "stopped_after": step, "output_dir": str(out)}
     final = objective.final_model()
     # per-rank parameter checksums: identical across ranks when DDP kept the replicas in sync
     with torch.no_grad():
