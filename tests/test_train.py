@@ -211,3 +211,14 @@ def test_cellsam_fused_training_updates_the_fusion_gate(tmp_path, tiny_corpus):
     a = dict(trained.mask_fusion.named_parameters())
     b = dict(fresh.mask_fusion.named_parameters())
     assert any(not torch.equal(a[k], b[k]) for k in a), "the fusion gate did not train"
+
+
+def test_bad_loss_grid_and_frozen_module_are_named(tmp_path, tiny_corpus):
+    from pathsegmentor.training.segmentation import build_model_for_training
+
+    with pytest.raises(ConfigError, match="loss.grid 'pixels'.*'decoder'"):
+        _cfg(tmp_path, tiny_corpus, "loss.grid=pixels")
+    cfg = _cfg(tmp_path, tiny_corpus, "freeze.image_encoder_modules=[backbone.nope]")
+    with pytest.raises(ConfigError, match="no submodule 'backbone.nope'.*backbone"):
+        build_model_for_training(cfg)
+    assert not any(tmp_path.iterdir())  # nothing written

@@ -21,13 +21,18 @@ class LossConfig:
     grid: str = "input"
 
 
+GRIDS = ("input", "decoder")
+
+
+def area_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``[..., H, W]`` area-averaged to ``[..., *size]`` (float)."""
+    return F.interpolate(x.reshape(-1, 1, *x.shape[-2:]).float(), size=size, mode="area").reshape(*x.shape[:-2], *size)
+
+
 def to_grid(target: torch.Tensor, valid: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Targets ``[..., H, W]`` area-averaged (soft) and valid masks min-pooled (a grid cell is valid only where all
     its pixels are) to ``size``."""
-    lead = target.shape[:-2]
-    t = F.interpolate(target.reshape(-1, 1, *target.shape[-2:]).float(), size=size, mode="area")
-    v = F.interpolate(valid.reshape(-1, 1, *valid.shape[-2:]).float(), size=size, mode="area") > 0.999
-    return t.reshape(*lead, *size), v.reshape(*lead, *size)
+    return area_resize(target, size), area_resize(valid, size) > 0.999
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, eps: float = 1.0) -> torch.Tensor:

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from ..modeling.config import ConfigError
 from .data import DataConfig
-from .losses import LossConfig
+from .losses import GRIDS, LossConfig
 from .recipe import LoopConfig, ModelSection, OptimConfig, load_recipe, resolve_data_path
 from .trainer import add_arguments  # noqa: F401 - with run(): what `pathsegmentor train` calls
 from .trainer import Objective, TrainingSetup, fit, training_command
@@ -66,6 +66,9 @@ def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) ->
     cfg.data.corpus = resolve_data_path(cfg.data.corpus, recipe_dir)
     if cfg.model.init_from.startswith((".", "/")) or "/" in cfg.model.init_from:  # a path, not a registered name
         cfg.model.init_from = resolve_data_path(cfg.model.init_from, recipe_dir)
+    if cfg.loss.grid not in GRIDS:
+        raise ConfigError(f"loss.grid '{cfg.loss.grid}' unknown. Available: {list(GRIDS)} (set it in the recipe's "
+                          "loss section or pass loss.grid=decoder)")
     return cfg
 
 
@@ -185,9 +188,7 @@ class SegmentationObjective(Objective):
 
     def loss(self, module, batch: dict[str, Any], device) -> dict[str, Any]:
         from .embedding_cache import features_from_batch
-        import torch.nn.functional as F
-
-        from .losses import fused_segmentation_loss, segmentation_loss, separation_loss, to_grid
+        from .losses import area_resize, fused_segmentation_loss, segmentation_loss, separation_loss, to_grid
 
         pixels = self.model.normalize(batch["pixels"].to(device))
         feats = features_from_batch(batch)
@@ -198,8 +199,6 @@ class SegmentationObjective(Objective):
             extra.update(boxes=batch["boxes"].to(device), points=batch["points"].to(device))
         if "sep_target" in batch:  # separation-map targets (data.separation)
             extra["separation"] = batch["sep_valid"].to(device)  # the head runs only where there are instances
-        if self.cfg.loss.grid not in ("input", "decoder"):
-            raise ConfigError(f"loss.grid '{self.cfg.loss.grid}' unknown. Available: ['input', 'decoder']")
         on_grid = self.cfg.loss.grid == "decoder"
         outp = module(pixels, batch["prompts"], features=feats, full_resolution=not on_grid, **extra)
         target, valid, presence = (batch[k].to(device) for k in ("target", "valid", "presence"))
@@ -207,8 +206,7 @@ class SegmentationObjective(Objective):
         if on_grid:  # targets to the decoder's grid instead of logits to the crop
             size = tuple(outp.mask_logits.shape[-2:])
             if sep_target is not None:
-                sep_target = F.interpolate(sep_target.flatten(0, 1), size=size, mode="area").view(
-                    *sep_target.shape[:3], *size)
+                sep_target = area_resize(sep_target, size)
             target, valid = to_grid(target, valid, size)
         if getattr(outp, "branches", None):  # CellSAM fused mode: deep supervision of every branch
             return fused_segmentation_loss(outp, target, valid, presence, self.cfg.loss)
