@@ -14,22 +14,23 @@ final model, ``save_pretrained``) and ``<name>_summary.json``.
 """
 from __future__ import annotations
 
-import argparse
-import csv
 import json
-import sys
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import yaml
 
 from ..modeling.config import ConfigError
 from .checkpoints import check_resume_compatible, latest_checkpoint, save_checkpoint
 from .collectives import all_gather_objects, mean_across_ranks
+from .command import add_arguments, run_config_command, training_command  # noqa: F401 - re-exported
 from .recipe import lr_lambda
+from .run_log import append_row, write_loss_plot
+
+__all__ = ["Objective", "TrainingSetup", "fit", "add_arguments", "run_config_command", "training_command"]
 
 
 @dataclass
@@ -85,62 +86,31 @@ class Objective(ABC):
         return {}
 
 
-def _write_loss_plot(csv_path: Path, png_path: Path, keys: Sequence[str]) -> None:
-    import matplotlib
+@dataclass
+class _Progress:
+    """Where the loop stands: optimizer steps done (``step``; ``start_step`` when this leg began), the
+    first and last logged mean loss, the names of the objective's losses and the loop's start time."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = list(csv.DictReader(csv_path.open()))
-    if not rows:
-        return
-    steps = [int(r["step"]) for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key in keys:
-        if key in rows[0] and rows[0][key] != "":
-            ax.plot(steps, [float(r[key]) for r in rows], label=key)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    ax.set_title(png_path.parent.name)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
+    step: int
+    start_step: int
+    first_loss: float | None = None
+    last_loss: float | None = None
+    loss_keys: list[str] = field(default_factory=list)
+    t0: float = 0.0
 
 
-def _append_row(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            w.writeheader()
-        w.writerow(row)
-
-
-def fit(objective: Objective, *, resume: bool = False) -> dict[str, Any]:
-    """Run ``objective`` to ``cfg.train.steps``; returns the summary (steps, first/last loss, processes,
-    per-rank parameter checksums and peak RSS, throughput, output paths, and the objective's entries)."""
-    import numpy as np
+def _make_accelerator(loop):
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
-    from .._compat import ensure_torchvision
-    from .data import PositionSampler
+    return Accelerator(cpu=not torch.cuda.is_available(),  # cpu=True makes torchrun/launch use gloo (MULTI_CPU)
+                       gradient_accumulation_steps=loop.grad_accum,
+                       mixed_precision=loop.mixed_precision if torch.cuda.is_available() else "no")
 
-    ensure_torchvision()
-    cfg, name = objective.cfg, objective.name
-    loop = cfg.train
-    if loop.threads:
-        torch.set_num_threads(loop.threads)
-    out = Path(cfg.output_dir)
-    ckpt_root = out / "checkpoints"
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(),  # cpu=True makes torchrun/launch use gloo (MULTI_CPU)
-                              gradient_accumulation_steps=loop.grad_accum,
-                              mixed_precision=loop.mixed_precision if torch.cuda.is_available() else "no")
+
+def _checkpoint_to_resume(accelerator, cfg, ckpt_root: Path, resume: bool) -> Path | None:
+    """The checkpoint to resume from (``None``: from scratch); refuses to start over a run's checkpoints
+    without ``resume``."""
     resume_from = None
     if resume:
         resume_from = latest_checkpoint(ckpt_root)
@@ -149,9 +119,22 @@ def fit(objective: Objective, *, resume: bool = False) -> dict[str, Any]:
         else:
             check_resume_compatible(resume_from, cfg)
     elif latest_checkpoint(ckpt_root) is not None:
-        raise ConfigError(f"'{out}' already holds checkpoints of a run; pass --resume to continue it or choose "
-                          f"another output_dir.")
+        raise ConfigError(f"'{Path(cfg.output_dir)}' already holds checkpoints of a run; pass --resume to continue "
+                          f"it or choose another output_dir.")
+    return resume_from
 
+
+def _prepare(objective: Objective, accelerator) -> tuple[Any, Any, Any, Any, int]:
+    """``set_seed``, the objective's setup, sampler, loader, AdamW and schedule, one ``prepare``;
+    returns ``(module, optimizer, loader, scheduler, global_batch)``."""
+    import numpy as np
+    import torch
+    from accelerate.utils import set_seed
+
+    from .data import PositionSampler
+
+    cfg = objective.cfg
+    loop = cfg.train
     set_seed(loop.seed)
     setup = objective.setup(accelerator)
     global_batch = loop.batch_size * loop.grad_accum * accelerator.num_processes
@@ -162,31 +145,50 @@ def fit(objective: Objective, *, resume: bool = False) -> dict[str, Any]:
                                   betas=tuple(cfg.optim.betas))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim, loop.steps))
     module, optimizer, loader, scheduler = accelerator.prepare(setup.module, optimizer, loader, scheduler)
+    return module, optimizer, loader, scheduler, global_batch
 
+
+def _restore(accelerator, resume_from: Path | None, loader, grad_accum: int) -> tuple[int, Any]:
+    """``load_state`` from ``resume_from`` (if any); returns the step reached and the batches still to
+    run (``skip_first_batches`` past those already seen)."""
     step = 0
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
         step = json.loads((resume_from / "trainer_state.json").read_text())["step"]
         accelerator.print(f"resumed from {resume_from} at step {step}")
-    start_step = step
-    batches = accelerator.skip_first_batches(loader, step * loop.grad_accum) if step else loader
+    batches = accelerator.skip_first_batches(loader, step * grad_accum) if step else loader
+    return step, batches
 
+
+def _start_outputs(accelerator, cfg, name: str, *, resumed: bool) -> Path:
+    """Create ``output_dir``, write the resolved recipe, drop a stale log when not resuming (main process);
+    returns the log's path."""
+    out = Path(cfg.output_dir)
     log_path = out / f"{name}_log.csv"
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{name}_config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
-        if not resume_from and log_path.exists():
+        if not resumed and log_path.exists():
             log_path.unlink()
-    objective.before_loop(accelerator, resumed=resume_from is not None)
+    return log_path
 
-    bar = tqdm(total=loop.steps, initial=step, desc=name, unit="step", disable=not accelerator.is_local_main_process)
+
+def _train_loop(objective: Objective, accelerator, module, optimizer, scheduler, batches,
+                progress: _Progress, log_path: Path) -> None:
+    """Run ``batches`` until ``train.steps`` (or a ``train.stop_after`` leg's checkpoint), logging every
+    ``log_every`` steps and checkpointing every ``save_every``; updates ``progress``."""
+    from tqdm.auto import tqdm
+
+    cfg, loop = objective.cfg, objective.cfg.train
+    ckpt_root = Path(cfg.output_dir) / "checkpoints"
+    step = progress.step
+    bar = tqdm(total=loop.steps, initial=step, desc=objective.name, unit="step",
+               disable=not accelerator.is_local_main_process)
     trainable = [p for p in module.parameters() if p.requires_grad]
     sums: dict[str, float] = {}
     n_acc = 0
-    t0 = time.time()
+    progress.t0 = time.time()
     samples_since = 0
-    first_loss = last_loss = None
-    loss_keys: list[str] = []
     for batch in batches:
         with accelerator.accumulate(module):
             losses = objective.loss(module, batch, accelerator.device)
@@ -198,24 +200,25 @@ def fit(objective: Objective, *, resume: bool = False) -> dict[str, Any]:
             optimizer.zero_grad()
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
-        loss_keys = list(losses)
+        progress.loss_keys = list(losses)
         n_acc += 1
         samples_since += len(batch["pixels"]) * accelerator.num_processes
         if not accelerator.sync_gradients:
             continue
         step += 1
+        progress.step = step
         bar.update(1)
         if step % loop.log_every == 0 or step == loop.steps:
             means = mean_across_ranks({k: v / n_acc for k, v in sums.items()}, accelerator.device)
-            dt = time.time() - t0
+            dt = time.time() - progress.t0
             row = {"step": step, **{k: round(v, 6) for k, v in means.items()},
                    "lr": scheduler.get_last_lr()[0], "samples_per_s": round(samples_since / max(dt, 1e-9), 3),
                    "elapsed_s": round(dt, 2)}
-            first_loss = means["loss"] if first_loss is None else first_loss
-            last_loss = means["loss"]
+            progress.first_loss = means["loss"] if progress.first_loss is None else progress.first_loss
+            progress.last_loss = means["loss"]
             if accelerator.is_main_process:
-                _append_row(log_path, row)
-            bar.set_postfix(loss=f"{last_loss:.4f}")
+                append_row(log_path, row)
+            bar.set_postfix(loss=f"{progress.last_loss:.4f}")
             sums, n_acc = {}, 0
         if step % loop.save_every == 0 or step == loop.steps:
             save_checkpoint(accelerator, ckpt_root, step, cfg)
@@ -224,72 +227,64 @@ def fit(objective: Objective, *, resume: bool = False) -> dict[str, Any]:
         if step >= loop.steps:
             break
     bar.close()
-    accelerator.wait_for_everyone()
-    if step < loop.steps:  # a leg ended by train.stop_after: the checkpoint is the output, no final model
-        accelerator.print(f"stopped after step {step}'s checkpoint (train.stop_after); continue with --resume")
-        accelerator.end_training()
-        return {"steps": step, "stopped_after": step, "output_dir": str(out)}
+
+
+def _finish(objective: Objective, accelerator, progress: _Progress, global_batch: int, log_path: Path) -> dict:
+    """After the loop: the summary (checksums and peak RSS per rank, throughput, losses, the objective's
+    entries) and, on the main process, the final model, the loss curve and ``<name>_summary.json``."""
+    import resource
+
+    import torch
+
+    out, step = Path(objective.cfg.output_dir), progress.step
     final = objective.final_model()
     # per-rank parameter checksums: identical across ranks when DDP kept the replicas in sync
     with torch.no_grad():
         checksum = float(sum(p.double().sum() + (p.double() ** 2).sum() for p in final.parameters()))
-    import resource
-
     per_rank = all_gather_objects((checksum, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0),
                                   accelerator.device)
-    samples = (step - start_step) * global_batch
+    samples = (step - progress.start_step) * global_batch
     result: dict[str, Any] = {
         "steps": step, "num_processes": accelerator.num_processes, "param_checksums": [c for c, _ in per_rank],
-        "samples_per_s": round(samples / max(time.time() - t0, 1e-9), 3),
-        "peak_rss_mb_per_rank": [m for _, m in per_rank], "first_loss": first_loss, "last_loss": last_loss,
-        "output_dir": str(out), "wall_s": round(time.time() - t0, 2)}
+        "samples_per_s": round(samples / max(time.time() - progress.t0, 1e-9), 3),
+        "peak_rss_mb_per_rank": [m for _, m in per_rank], "first_loss": progress.first_loss,
+        "last_loss": progress.last_loss, "output_dir": str(out), "wall_s": round(time.time() - progress.t0, 2)}
     result.update(objective.summary(accelerator))
     if accelerator.is_main_process:
         final.save_pretrained(out / "model")
         if log_path.exists():
-            _write_loss_plot(log_path, out / "loss_curve.png", loss_keys or ["loss"])
-        (out / f"{name}_summary.json").write_text(json.dumps(result, indent=2) + "\n")
+            write_loss_plot(log_path, out / "loss_curve.png", progress.loss_keys or ["loss"])
+        (out / f"{objective.name}_summary.json").write_text(json.dumps(result, indent=2) + "\n")
     accelerator.end_training()
     return result
 
 
-# ---------------------------------------------------------------------------------------------------
-# the command line shared by `pathsegmentor train` and `pathsegmentor distill`
+def fit(objective: Objective, *, resume: bool = False) -> dict[str, Any]:
+    """Run ``objective`` to ``cfg.train.steps``; returns the summary (steps, first/last loss, processes,
+    per-rank parameter checksums and peak RSS, throughput, output paths, and the objective's entries)."""
+    import torch
 
+    from .._compat import ensure_torchvision
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="training recipe YAML (configs/train/*.yaml)")
-    parser.add_argument("--output-dir", help="overrides output_dir")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=200 data.crop=256")
+    ensure_torchvision()
+    cfg, name = objective.cfg, objective.name
+    loop = cfg.train
+    if loop.threads:
+        torch.set_num_threads(loop.threads)
+    out = Path(cfg.output_dir)
+    accelerator = _make_accelerator(loop)
+    resume_from = _checkpoint_to_resume(accelerator, cfg, out / "checkpoints", resume)
+    module, optimizer, loader, scheduler, global_batch = _prepare(objective, accelerator)
+    step, batches = _restore(accelerator, resume_from, loader, loop.grad_accum)
+    log_path = _start_outputs(accelerator, cfg, name, resumed=resume_from is not None)
+    objective.before_loop(accelerator, resumed=resume_from is not None)
 
-
-def run_config_command(args: argparse.Namespace, load_config, runner) -> int:
-    """Recipe + overrides -> run -> JSON summary on stdout. Config and input errors exit 2 with the
-    message (nothing has been trained yet)."""
-    overrides = list(args.overrides)
-    if args.output_dir:
-        overrides.append(f"output_dir={args.output_dir}")
-    try:
-        cfg = load_config(args.config, overrides)
-        result = runner(cfg, resume=args.resume)
-    except (ConfigError, FileNotFoundError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(result))
-    return 0
-
-
-def training_command(prog: str, doc: str, load_config, runner):
-    """``(run, main)`` of a training command: ``run(args)`` for ``pathsegmentor <command>`` (with
-    :func:`add_arguments`), ``main(argv=None)`` for ``python -m`` / torchrun / accelerate launch."""
-
-    def run(args: argparse.Namespace) -> int:
-        return run_config_command(args, load_config, runner)
-
-    def main(argv: Sequence[str] | None = None) -> int:
-        parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0])
-        add_arguments(parser)
-        return run(parser.parse_args(argv))
-
-    return run, main
+    progress = _Progress(step=step, start_step=step)
+    _train_loop(objective, accelerator, module, optimizer, scheduler, batches, progress, log_path)
+    accelerator.wait_for_everyone()
+    if progress.step < loop.steps:  # a leg ended by train.stop_after: the checkpoint is the output, no final model
+        accelerator.print(f"stopped after step {progress.step}'s checkpoint (train.stop_after); "
+                          f"continue with --resume")
+        accelerator.end_training()
+        return {"steps": progress.step, "stopped_after": progress.step, "output_dir": str(out)}
+    return _finish(objective, accelerator, progress, global_batch, log_path)
