@@ -8,16 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
-from ..inference.separation import separation_targets
 from .augment import brightness_contrast, flip_rotate, hed_jitter, log_uniform_jitter, random_scaled_crop
-from .prompt_sampling import (GEOMETRIC_KINDS, blank_image, choose_geometric, geometric_prompt, negative_phrases,
-                              other_organ_concepts)
+from .prompt_rows import PromptRows, choose_text_labels
+from .prompt_sampling import GEOMETRIC_KINDS, blank_image, choose_geometric, negative_phrases, other_organ_concepts
+from .sampling import PositionSampler, sampling_weights
+
+__all__ = ["DataConfig", "PositionSampler", "PromptedCrops", "collate", "load_synonyms", "sampling_weights"]
 
 
 @dataclass
@@ -160,7 +162,8 @@ class PromptedCrops(Dataset):
         n_lab, n_ign = len(labels), sum(has_ignore)
         targets = dict(zip(labels, ms[:n_lab]))
         instances = dict(zip(inst_labels, ms[n_lab + n_ign:]))
-        if self.cfg.blank_prob > 0 and np.random.default_rng([self.seed, int(position), 2]).random() < self.cfg.blank_prob:
+        if self.cfg.blank_prob > 0 and \
+                np.random.default_rng([self.seed, int(position), 2]).random() < self.cfg.blank_prob:
             img = blank_image(np.random.default_rng([self.seed, int(position), 3]), img.shape[0])
             targets = {lb: np.zeros_like(m) for lb, m in targets.items()}
             instances = {}
@@ -191,91 +194,23 @@ class PromptedCrops(Dataset):
         """Choose P prompts for a view: geometric prompts from instance ground truth, certain negatives
         (exhaustive-absent categories, out-of-pathology phrases, other-organ concepts), and annotated
         labels (empty in this crop -> presence 0); build targets, valid masks, presence, boxes/points and
-        separation targets."""
-        tgt, ign, negatives = view["targets"], view["ignore"], view["negatives"]
-        instances = view.get("instances") or {}
-        labels = sorted(tgt)
+        separation targets (:mod:`.prompt_rows`)."""
+        negatives, instances = view["negatives"], view.get("instances") or {}
+        labels = sorted(view["targets"])
         P = self.cfg.prompts_per_image
-        c = view["image"].shape[0]
-        target = np.zeros((P, c, c), np.float32)
-        valid = np.ones((P, c, c), bool)
-        presence = np.zeros(P, np.float32)
-        boxes = np.full((P, 4), np.nan, np.float32)
-        points = np.full((P, 2), np.nan, np.float32)
-        texts: list[str] = []
-        names: list[str] = []
+        rows = PromptRows.empty(P, view["image"].shape[0], self.separation_channels if self.cfg.separation else None)
         geo = choose_geometric(self.cfg.geometric_kinds, [lb for lb in labels if lb in instances],
                                min(self.cfg.geometric_per_image, P - 1), rng)
-        for kind, lb in geo:
-            got = geometric_prompt(kind, tgt[lb], instances[lb], rng)
-            if got is None:
-                continue
-            j = len(names)
-            target[j], box, point = got
-            if box is not None:
-                boxes[j] = box
-            if point is not None:
-                points[j] = point
-            if ign.get(lb) is not None:
-                valid[j] = ign[lb] == 0
-            presence[j] = 1.0
-            texts.append(self._prompt_text(lb, rng) if kind == "text+box" else "")
-            names.append(f"<{kind}> {lb}")
-        room = P - len(names)
+        rows.add_geometric(geo, view, rng, self._prompt_text)
+        room = P - len(rows.names)
         extra = self._certain_negatives(view, rng)[:max(room - 1, 0)] if labels or negatives else []
-        n_neg = min(self.cfg.negatives_per_image, len(negatives), room - len(extra)) if negatives else 0
-        pos_pool = labels or negatives
-        chosen: list[str] = []
-        n_pos = room - n_neg - len(extra)
-        if pos_pool and n_pos > 0:
-            order = rng.permutation(len(pos_pool))
-            chosen = [pos_pool[order[j % len(order)]] for j in range(n_pos)]
-        if n_neg:
-            chosen += [negatives[j] for j in rng.choice(len(negatives), n_neg, replace=False)]
-        if not chosen and not names:
+        chosen = choose_text_labels(labels, negatives, room=room, n_extra=len(extra),
+                                    negatives_per_image=self.cfg.negatives_per_image, rng=rng)
+        if not chosen and not rows.names:
             raise ValueError(f"a {view['source']} sample has neither labels nor negatives; rebuild the corpus")
-        sep_valid = np.zeros(P, bool)
-        sep_target = np.zeros((P, self.separation_channels, c, c), np.float32) if self.cfg.separation else None
-        sep_cache: dict[str, np.ndarray] = {}
-        for lb in chosen + extra:
-            j = len(names)
-            if lb in tgt:
-                target[j] = tgt[lb] > 0
-                if ign.get(lb) is not None:
-                    valid[j] = ign[lb] == 0
-                presence[j] = float(target[j].any())
-                if sep_target is not None and lb in instances:
-                    if lb not in sep_cache:
-                        sep_cache[lb] = separation_targets(instances[lb], self.separation_channels)
-                    sep_target[j] = sep_cache[lb]
-                    sep_valid[j] = True
-            texts.append(self._prompt_text(lb, rng))
-            names.append(lb)
-        while len(names) < P:  # too few objects for the geometric rows asked for: repeat a text row
-            k = len(names)
-            src = next(i for i, t in enumerate(texts) if t) if any(texts) else 0
-            for arr in (target, valid, presence, boxes, points, sep_valid):
-                arr[k] = arr[src]
-            if sep_target is not None:
-                sep_target[k] = sep_target[src]
-            texts.append(texts[src])
-            names.append(names[src])
-        item = {
-            "pixels": torch.from_numpy(np.ascontiguousarray(view["image"].transpose(2, 0, 1))),
-            "target": torch.from_numpy(target),
-            "valid": torch.from_numpy(valid),
-            "presence": torch.from_numpy(presence),
-            "prompts": texts,
-            "labels": names,
-            "source": view["source"],
-        }
-        if self.cfg.geometric_per_image:
-            item["boxes"] = torch.from_numpy(boxes)
-            item["points"] = torch.from_numpy(points)
-        if sep_target is not None:
-            item["sep_target"] = torch.from_numpy(sep_target)
-            item["sep_valid"] = torch.from_numpy(sep_valid)
-        return item
+        rows.add_text(chosen + extra, view, rng, self._prompt_text)
+        rows.fill()
+        return rows.item(view, geometry=bool(self.cfg.geometric_per_image))
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         position, index = key
@@ -289,48 +224,3 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         vals = [it[k] for it in items]
         out[k] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) else vals
     return out
-
-
-def sampling_weights(corpus, split: str, balance: str, sources: list[str] | None = None) -> np.ndarray:
-    """Per-image sampling weights (sum 1) for the chosen balancing; images of excluded sources get 0."""
-    table = corpus.images[split]
-    src = np.asarray(table["source"])
-    keep = np.ones(len(src), bool) if not sources else np.isin(src, sources)
-    if not keep.any():
-        raise ValueError(f"no images of sources {sources} in split '{split}' (sources there: {sorted(set(src))})")
-    w = keep.astype(np.float64)
-    if balance == "source":
-        for s in set(src[keep]):
-            sel = keep & (src == s)
-            w[sel] = 1.0 / sel.sum()
-    elif balance == "category":
-        labels = table["labels"]
-        counts: dict[str, int] = {}
-        for ls in labels:
-            for lb in ls:
-                counts[lb] = counts.get(lb, 0) + 1
-        for i, ls in enumerate(labels):
-            if keep[i]:
-                w[i] = np.mean([1.0 / counts[lb] for lb in ls]) if ls else min(1.0 / c for c in counts.values())
-    elif balance != "none":
-        raise ValueError(f"Unknown data.balance '{balance}'. Available: ['source', 'category', 'none']")
-    return w / w.sum()
-
-
-class PositionSampler(Sampler):
-    """Yields ``(position, image_index)`` for positions ``0..total-1``: image indices drawn i.i.d.
-    from ``weights`` with a generator seeded by ``seed``. Deterministic, so a resumed run skips the
-    first batches and continues with exactly the same stream."""
-
-    def __init__(self, weights: np.ndarray, total: int, seed: int) -> None:
-        self.weights = weights
-        self.total = total
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return self.total
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        rng = np.random.default_rng([self.seed, 7919])
-        idx = rng.choice(len(self.weights), size=self.total, p=self.weights)
-        return iter([(i, int(j)) for i, j in enumerate(idx)])
