@@ -14,86 +14,20 @@ categories::
     organ_map: {Breast: breast, ...}                # source organ name -> region
     identity: false                 # true: source classes are category names (the ``folder`` adapter)
 
-Lookups are case-insensitive and accept synonyms.
+Lookups are case-insensitive and accept synonyms. The error and data types, name normalisation and the
+YAML reading live in :mod:`pathsegmentor.ontology_files` (importable from here too).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from .ontology_files import ANY_REGION, Category, OntologyError, SourceMapping, norm, read_tables, snapshot
 from .resources import configs_dir
 
+__all__ = ["ANY_REGION", "Category", "DEFAULT_DIR", "Ontology", "OntologyError", "SourceMapping"]
+
 DEFAULT_DIR = configs_dir() / "ontology"
-ANY_REGION = "any"
-
-
-class OntologyError(ValueError):
-    """The ontology or a mapping table is inconsistent; the message lists every problem."""
-
-
-@dataclass(frozen=True)
-class Category:
-    name: str
-    synonyms: tuple[str, ...] = ()
-    template: str = "{name}"
-    region: str = ANY_REGION
-    structure: str = ""
-    object_type: str = ""
-    parent: str | None = None
-
-    def prompt(self, region: str | None = None) -> str:
-        """The prompt from the template (``{name}``, ``{region}``); pan-tissue categories drop the region."""
-        region = region or self.region
-        if region in ("", ANY_REGION) and "{region}" in self.template:
-            return self.name
-        return self.template.format(name=self.name, region=region)
-
-
-@dataclass
-class SourceMapping:
-    """One ``sources/<source>.yaml`` table."""
-
-    source: str
-    classes: dict[str, str | None] = field(default_factory=dict)
-    exhaustive: list[str] = field(default_factory=list)
-    organ_map: dict[str, str] = field(default_factory=dict)
-    region: str = ""
-    mpp: float | None = None
-    licence: str = ""
-    identity: bool = False
-    path: str = ""
-
-
-def _norm(s: str) -> str:
-    return " ".join(str(s).strip().lower().replace("_", " ").split())
-
-
-def _unique_key_loader():
-    """A yaml SafeLoader that rejects duplicate mapping keys (a class mapped twice is an error)."""
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    def construct_mapping(loader, node, deep=False):
-        keys = set()
-        for k, _ in node.value:
-            key = loader.construct_object(k, deep=deep)
-            if key in keys:
-                raise OntologyError(f"duplicate key '{key}' at line {k.start_mark.line + 1} of {node.start_mark.name}")
-            keys.add(key)
-        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
-    return Loader
-
-
-def _read_yaml(path: Path):
-    import yaml
-
-    with open(path) as f:
-        return yaml.load(f, Loader=_unique_key_loader())
 
 
 class Ontology:
@@ -113,14 +47,14 @@ class Ontology:
         self._lookup: dict[str, str] = {}
         for c in self.categories.values():
             for s in (c.name, *c.synonyms):
-                k = _norm(s)
+                k = norm(s)
                 if k in self._lookup and self._lookup[k] != c.name:
                     problems.append(f"'{s}' names both '{self._lookup[k]}' and '{c.name}'")
                 self._lookup[k] = c.name
         self._region_lookup: dict[str, str] = {}
         for r, syn in self.regions.items():
             for s in (r, *syn):
-                self._region_lookup[_norm(s)] = r
+                self._region_lookup[norm(s)] = r
         self._children: dict[str, list[str]] = {n: [] for n in self.categories}
         self._variants: dict[tuple[str, str], str] = {}
         for c in self.categories.values():
@@ -156,43 +90,13 @@ class Ontology:
             p = p / "categories.yaml"
         if not p.is_file():
             raise FileNotFoundError(f"ontology file not found: '{p}'")
-        data = _read_yaml(p) or {}
-        cats = []
-        for i, c in enumerate(data.get("categories") or []):
-            if not isinstance(c, dict) or not c.get("name"):
-                raise OntologyError(f"{p}: categories[{i}] has no name: {c!r}")
-            cats.append(Category(
-                name=str(c["name"]), synonyms=tuple(str(s) for s in (c.get("synonyms") or [])),
-                template=str(c.get("template") or "{name}"), region=str(c.get("region") or ANY_REGION),
-                structure=str(c.get("structure") or ""), object_type=str(c.get("object_type") or ""),
-                parent=(str(c["parent"]) if c.get("parent") else None)))
-        sources: dict[str, SourceMapping] = {}
-        inline = data.get("sources") or {}
-        for name, s in inline.items():
-            sources[name] = _mapping_from_dict(s, name, str(p))
-        sdir = p.parent / "sources"
-        if not inline and sdir.is_dir():
-            for f in sorted(sdir.glob("*.yaml")):
-                s = _read_yaml(f) or {}
-                m = _mapping_from_dict(s, f.stem, str(f))
-                sources[m.source] = m
-        return cls(cats, data.get("regions") or {ANY_REGION: []}, sources, path=str(p))
+        cats, regions, sources = read_tables(p)
+        return cls(cats, regions, sources, path=str(p))
 
     def to_dict(self, sources: Iterable[str] | None = None) -> dict:
         """A self-contained snapshot (categories, regions and the given sources' mappings)."""
         names = self.sources if sources is None else [s for s in sources if s in self.sources]
-        return {
-            "version": 1,
-            "regions": self.regions,
-            "categories": [{"name": c.name, "synonyms": list(c.synonyms), "template": c.template,
-                            "region": c.region, "structure": c.structure, "object_type": c.object_type,
-                            "parent": c.parent} for c in self.categories.values()],
-            "sources": {n: {"source": n, "classes": self.sources[n].classes,
-                            "exhaustive": self.sources[n].exhaustive, "organ_map": self.sources[n].organ_map,
-                            "region": self.sources[n].region, "mpp": self.sources[n].mpp,
-                            "licence": self.sources[n].licence, "identity": self.sources[n].identity}
-                        for n in names},
-        }
+        return snapshot(self.categories, self.regions, {n: self.sources[n] for n in names})
 
     def save(self, path: str | Path, sources: Iterable[str] | None = None) -> None:
         import yaml
@@ -201,14 +105,14 @@ class Ontology:
 
     # ------------------------------------------------------------------ lookups
     def __contains__(self, name: str) -> bool:
-        return _norm(name) in self._lookup
+        return norm(name) in self._lookup
 
     def __len__(self) -> int:
         return len(self.categories)
 
     def resolve(self, name: str) -> str:
         """Canonical name of a category given its name or a synonym (case-insensitive)."""
-        k = _norm(name)
+        k = norm(name)
         if k not in self._lookup:
             import difflib
 
@@ -263,13 +167,13 @@ class Ontology:
         if organ:
             if m is not None:
                 for k, v in m.organ_map.items():
-                    if _norm(k) == _norm(organ):
-                        return self._region_lookup.get(_norm(v), v)
-            r = self._region_lookup.get(_norm(organ))
+                    if norm(k) == norm(organ):
+                        return self._region_lookup.get(norm(v), v)
+            r = self._region_lookup.get(norm(organ))
             if r is not None:
                 return r
         if m is not None and m.region:
-            return self._region_lookup.get(_norm(m.region), m.region)
+            return self._region_lookup.get(norm(m.region), m.region)
         return ANY_REGION
 
     def mapping(self, source: str) -> dict[str, str | None]:
@@ -329,15 +233,15 @@ class Ontology:
         for name, m in self.sources.items():
             for cls, cat in m.classes.items():
                 if cat is not None and cat not in self.categories:
-                    hint = f" (did you mean '{self._lookup[_norm(cat)]}'?)" if _norm(cat) in self._lookup else ""
+                    hint = f" (did you mean '{self._lookup[norm(cat)]}'?)" if norm(cat) in self._lookup else ""
                     problems.append(f"{name}: class '{cls}' maps to unknown category '{cat}'{hint}")
             for e in m.exhaustive:
                 if e not in self.categories:
                     problems.append(f"{name}: exhaustive category '{e}' is not a category")
             for organ, r in m.organ_map.items():
-                if _norm(r) not in self._region_lookup:
+                if norm(r) not in self._region_lookup:
                     problems.append(f"{name}: organ '{organ}' maps to unknown region '{r}'")
-            if m.region and _norm(m.region) not in self._region_lookup:
+            if m.region and norm(m.region) not in self._region_lookup:
                 problems.append(f"{name}: default region '{m.region}' is not a region")
         for name, classes in (adapters or {}).items():
             if name not in self.sources:
@@ -366,9 +270,9 @@ class Ontology:
         """Categories reachable from the mapping tables (mapped, ancestors, organ variants)."""
         used: set[str] = set()
         for m in self.sources.values():
-            regions = {self._region_lookup.get(_norm(r), r) for r in m.organ_map.values()}
+            regions = {self._region_lookup.get(norm(r), r) for r in m.organ_map.values()}
             if m.region:
-                regions.add(self._region_lookup.get(_norm(m.region), m.region))
+                regions.add(self._region_lookup.get(norm(m.region), m.region))
             if m.identity:
                 regions |= set(self.regions)
             mapped = {c for c in m.classes.values() if c in self.categories}
@@ -381,13 +285,3 @@ class Ontology:
                         if v is not None:
                             used.add(v)
         return used
-
-
-def _mapping_from_dict(s: dict, default_name: str, path: str) -> SourceMapping:
-    classes = {str(k): (None if v is None else str(v)) for k, v in (s.get("classes") or {}).items()}
-    return SourceMapping(
-        source=str(s.get("source") or default_name), classes=classes,
-        exhaustive=[str(e) for e in (s.get("exhaustive") or [])],
-        organ_map={str(k): str(v) for k, v in (s.get("organ_map") or {}).items()},
-        region=str(s.get("region") or ""), mpp=(float(s["mpp"]) if s.get("mpp") is not None else None),
-        licence=str(s.get("licence") or ""), identity=bool(s.get("identity", False)), path=path)
