@@ -43,14 +43,56 @@ def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise BuildError(f"output '{out}' exists and is not a directory")
     if out.is_dir():
-        other = sorted(p.name for p in out.iterdir() if p.name not in CORPUS_ENTRIES and not p.name.startswith(".tmp-"))
+        other = sorted(p.name for p in out.iterdir()
+                       if p.name not in CORPUS_ENTRIES and not p.name.startswith(".tmp-"))
         if other:
-            raise BuildError(f"output folder '{out}' holds other content ({other[:5]}{' ...' if len(other) > 5 else ''}); "
+            raise BuildError(f"output folder '{out}' holds other content "
+                             f"({other[:5]}{' ...' if len(other) > 5 else ''}); "
                              f"refusing to write a corpus there. Choose an empty or new folder, or a previous "
                              f"PathSeg corpus to rebuild it.")
         if (out / "images").exists() and not (out / "manifest.json").is_file():
             raise BuildError(f"output folder '{out}' has an images/ folder but no manifest.json: not a PathSeg "
                              f"corpus; refusing to overwrite it")
+
+
+def _open_sources(specs: list[SourceSpec], onto: Ontology) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """``(adapters, items)`` per source name: each source's adapter, its mapping checked against ``onto`` and
+    its items listed. Every unusable source is named in one :class:`BuildError` (nothing is written)."""
+    adapters, problems = {}, []
+    for s in specs:
+        try:
+            adapters[s.name] = get_source(s.adapter)(s.root, **s.options)
+        except (KeyError, FileNotFoundError, ValueError) as e:
+            problems.append(f"source '{s.name}': {e.args[0] if e.args else e}")
+    items: dict[str, list[str]] = {}
+    for s in specs:
+        if s.name not in adapters:
+            continue
+        try:
+            _resolve_mapping(s, onto, adapters[s.name])
+            items[s.name] = adapters[s.name].list_items()
+            if not items[s.name]:
+                problems.append(f"source '{s.name}': no items found under '{s.root}'")
+        except SourceFormatError as e:
+            problems.append(f"source '{s.name}': {e}")
+        except BuildError as e:
+            problems.append(str(e))
+    if problems:
+        raise BuildError("build refused:\n  " + "\n  ".join(problems))
+    return adapters, items
+
+
+def _up_to_date(out: Path, key: str) -> bool:
+    """Whether ``out`` holds a complete corpus built with the same config key."""
+    manifest_path = out / "manifest.json"
+    if manifest_path.is_file():
+        try:
+            old = json.loads(manifest_path.read_text())
+        except ValueError:
+            old = {}
+        if old.get("config_key") == key and old.get("complete"):
+            return True
+    return False
 
 
 def build(sources: dict[str, Any], out: str | Path, *, num_proc: int = 1, progress: bool = True,
@@ -60,7 +102,8 @@ def build(sources: dict[str, Any], out: str | Path, *, num_proc: int = 1, progre
 
     Args:
         sources: corpus source name -> root path, or a mapping ``{root, adapter?, **adapter options}``
-            (``adapter`` defaults to the name; e.g. ``{"glas": {"adapter": "folder", "root": ..., "binary": "gland"}}``).
+            (``adapter`` defaults to the name; e.g.
+            ``{"glas": {"adapter": "folder", "root": ..., "binary": "gland"}}``).
         out: the corpus folder: new, empty, or a previous corpus (rebuilt; unchanged inputs and options -> no-op
             unless ``force``). Anything else is refused.
         num_proc: worker processes over items (files) of a source.
@@ -85,41 +128,14 @@ def build(sources: dict[str, Any], out: str | Path, *, num_proc: int = 1, progre
     out = Path(out).resolve()
     _check_out(out)
 
-    # adapters, mappings, items: refuse the build before writing anything if a source is unusable
-    adapters, problems = {}, []
-    for s in specs:
-        try:
-            adapters[s.name] = get_source(s.adapter)(s.root, **s.options)
-        except (KeyError, FileNotFoundError, ValueError) as e:
-            problems.append(f"source '{s.name}': {e.args[0] if e.args else e}")
-    items: dict[str, list[str]] = {}
-    for s in specs:
-        if s.name not in adapters:
-            continue
-        try:
-            _resolve_mapping(s, onto, adapters[s.name])
-            items[s.name] = adapters[s.name].list_items()
-            if not items[s.name]:
-                problems.append(f"source '{s.name}': no items found under '{s.root}'")
-        except SourceFormatError as e:
-            problems.append(f"source '{s.name}': {e}")
-        except BuildError as e:
-            problems.append(str(e))
-    if problems:
-        raise BuildError("build refused:\n  " + "\n  ".join(problems))
+    adapters, items = _open_sources(specs, onto)  # refuses the build before writing anything
 
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, "options": opts,
               "sources": [asdict(s) for s in specs], "ontology": _ontology_digest(onto)}
     key = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    manifest_path = out / "manifest.json"
-    if manifest_path.is_file() and not force:
-        try:
-            old = json.loads(manifest_path.read_text())
-        except ValueError:
-            old = {}
-        if old.get("config_key") == key and old.get("complete"):
-            _log(progress, f"pathseg-build: '{out}' is up to date (same sources and options); nothing to do")
-            return out
+    if not force and _up_to_date(out, key):
+        _log(progress, f"pathseg-build: '{out}' is up to date (same sources and options); nothing to do")
+        return out
     staging = out / f".tmp-{key}"
     staging.mkdir(parents=True, exist_ok=True)
     ont_work = staging / "ontology-work.yaml"

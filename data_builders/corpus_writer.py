@@ -92,14 +92,10 @@ class _SplitWriter:
         (self.folder / "dataset_info.json").write_text(json.dumps({k: info[k] for k in sorted(info)}, indent=2))
 
 
-def _finalize(specs, summaries, onto: Ontology, opts, config, key, staging: Path, out: Path, progress: bool):
-    import pyarrow.parquet as pq
-
-    from .report import write_report
-
-    final = staging / "final"
-    shutil.rmtree(final, ignore_errors=True)
-    final.mkdir(parents=True)
+def _assign_splits(specs, summaries, opts,
+                   staging: Path) -> tuple[dict[str, dict[str, str]], dict[str, dict], list[dict]]:
+    """``(split_of, source_status, rejects)``: per source, patient -> split for the patients without a split of
+    their own (grouped, seeded); per source, its summary with item counts; the rejected items' records."""
     rejects: list[dict] = []
     split_of: dict[str, dict[str, str]] = {}
     source_status: dict[str, dict] = {}
@@ -114,71 +110,115 @@ def _finalize(specs, summaries, onto: Ontology, opts, config, key, staging: Path
                                          test_fraction=float(opts["test_fraction"]), seed=int(opts["seed"]))
         source_status[s.name] = {**summaries[s.name], "items_ok": n_ok, "items_rejected": n_items - n_ok,
                                  "grouped_patients": len(grouped)}
-    f_img, f_tri = _features()
-    writers: dict[tuple[str, str], _SplitWriter] = {}
-    counts: dict[tuple[str, str, str], dict] = {}
-    tiles: dict[tuple[str, str], dict] = {}
-    seen: set[str] = set()
-    dropped_ids: set[str] = set()
+    return split_of, source_status, rejects
+
+
+class _CorpusRows:
+    """The staged rows going into the two ``DatasetDict`` folders under ``final``: a :class:`_SplitWriter` per
+    (kind, split), counts per (source, label, split), tile totals per (source, split); a repeated ``image_id``
+    is rejected (appended to ``rejects``) together with its triples."""
+
+    def __init__(self, final: Path, rejects: list[dict]) -> None:
+        self.final, self.rejects = final, rejects
+        self.features = dict(zip(("images", "triples"), _features()))
+        self.writers: dict[tuple[str, str], _SplitWriter] = {}
+        self.counts: dict[tuple[str, str, str], dict] = {}
+        self.tiles: dict[tuple[str, str], dict] = {}
+        self.seen: set[str] = set()
+        self.dropped_ids: set[str] = set()
+
+    def _writer(self, kind: str, sp: str, batch: int) -> _SplitWriter:
+        return self.writers.get((kind, sp)) or self.writers.setdefault(
+            (kind, sp), _SplitWriter(self.final / kind / sp, sp, self.features[kind], batch=batch))
+
+    def _count(self, source: str, label: str, sp: str) -> dict:
+        return self.counts.setdefault((source, label, sp), {"triples": 0, "pixels": 0, "negatives": 0})
+
+    def add_images(self, path: Path, source: str, item: str, groups: dict[str, str]) -> None:
+        """The image rows of one item's shard ``path`` (split: the row's own, else its patient's, else train)."""
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(str(path)).iter_batches(batch_size=ROWS_PER_ROW_GROUP):
+            for r in batch.to_pylist():
+                if r["image_id"] in self.seen:
+                    self.dropped_ids.add(r["image_id"])
+                    self.rejects.append({"file": item, "source": source,
+                                         "reason": f"duplicate image_id '{r['image_id']}' (sample_id not unique)"})
+                    continue
+                self.seen.add(r["image_id"])
+                sp = r["split"] or groups.get(r["patient_id"], "train")
+                r["split"] = sp
+                w = self._writer("images", sp, 8)
+                nb = len(r["image"])
+                r["image"] = {"bytes": r["image"], "path": None}
+                w.write(r, nb, r["image_id"])
+                t = self.tiles.setdefault((source, sp), {"tiles": 0, "pixels": 0})
+                t["tiles"] += 1
+                t["pixels"] += r["height"] * r["width"]
+                for neg in r["negative_labels"]:
+                    self._count(source, neg, sp)["negatives"] += 1
+
+    def add_triples(self, path: Path, source: str, groups: dict[str, str]) -> None:
+        """The triple rows of one item's shard ``path`` (those of rejected duplicate images left out)."""
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(str(path)).iter_batches(batch_size=32):
+            for r in batch.to_pylist():
+                if r["image_id"] in self.dropped_ids:
+                    continue
+                sp = r["split"] or groups.get(r["patient_id"], "train")
+                r["split"] = sp
+                pixels = r.pop("pixels")
+                w = self._writer("triples", sp, 32)
+                nb = len(r["mask"]) + len(r["ignore"] or b"")
+                r["mask"] = {"bytes": r["mask"], "path": None}
+                r["ignore"] = None if r["ignore"] is None else {"bytes": r["ignore"], "path": None}
+                w.write(r, nb, r["image_id"] + "|" + r["label"])
+                c = self._count(source, r["label"], sp)
+                c["triples"] += 1
+                c["pixels"] += pixels
+
+    def close(self) -> list[str]:
+        """Close every split (each split with images gets a triples split, possibly empty) and write the
+        ``dataset_dict.json`` files; returns the splits. :class:`BuildError` when no tile was produced."""
+        splits = [sp for sp in SPLITS if ("images", sp) in self.writers]
+        if not splits:
+            reasons = "; ".join(f"{r['file']}: {r['reason']}" for r in self.rejects[:5])
+            raise BuildError(f"no tiles were produced (every item rejected or empty). First rejects: "
+                             f"{reasons or 'none'}")
+        for sp in splits:  # every split present in images gets a (possibly empty) triples split too
+            if ("triples", sp) not in self.writers:
+                self.writers[("triples", sp)] = _SplitWriter(self.final / "triples" / sp, sp, self.features["triples"],
+                                                              batch=64)
+        for w in self.writers.values():
+            w.close()
+        for kind in ("images", "triples"):
+            (self.final / kind / "dataset_dict.json").write_text(json.dumps({"splits": splits}))
+        return splits
+
+
+def _finalize(specs, summaries, onto: Ontology, opts, config, key, staging: Path, out: Path, progress: bool):
+    """Write the corpus from the staged shards in ``staging/final`` and move it into ``out`` (see the module
+    docstring); stale staging folders of other configurations are removed."""
+    from .report import write_report
+
+    final = staging / "final"
+    shutil.rmtree(final, ignore_errors=True)
+    final.mkdir(parents=True)
+    split_of, source_status, rejects = _assign_splits(specs, summaries, opts, staging)
+    rows = _CorpusRows(final, rejects)
     for s in specs:
         for j, st in _item_stats(staging, s.name):
             if st["rejects"]:
                 continue
             stem = j.name[: -len(".json")]
-            pimg, ptri = j.with_name(f"{stem}.images.parquet"), j.with_name(f"{stem}.triples.parquet")
-            groups = split_of[s.name]
-            for batch in pq.ParquetFile(str(pimg)).iter_batches(batch_size=ROWS_PER_ROW_GROUP):
-                for r in batch.to_pylist():
-                    if r["image_id"] in seen:
-                        dropped_ids.add(r["image_id"])
-                        rejects.append({"file": st["item"], "source": s.name,
-                                        "reason": f"duplicate image_id '{r['image_id']}' (sample_id not unique)"})
-                        continue
-                    seen.add(r["image_id"])
-                    sp = r["split"] or groups.get(r["patient_id"], "train")
-                    r["split"] = sp
-                    w = writers.get(("images", sp)) or writers.setdefault(
-                        ("images", sp), _SplitWriter(final / "images" / sp, sp, f_img, batch=8))
-                    nb = len(r["image"])
-                    r["image"] = {"bytes": r["image"], "path": None}
-                    w.write(r, nb, r["image_id"])
-                    t = tiles.setdefault((s.name, sp), {"tiles": 0, "pixels": 0})
-                    t["tiles"] += 1
-                    t["pixels"] += r["height"] * r["width"]
-                    for neg in r["negative_labels"]:
-                        c = counts.setdefault((s.name, neg, sp), {"triples": 0, "pixels": 0, "negatives": 0})
-                        c["negatives"] += 1
-            for batch in pq.ParquetFile(str(ptri)).iter_batches(batch_size=32):
-                for r in batch.to_pylist():
-                    if r["image_id"] in dropped_ids:
-                        continue
-                    sp = r["split"] or groups.get(r["patient_id"], "train")
-                    r["split"] = sp
-                    pixels = r.pop("pixels")
-                    w = writers.get(("triples", sp)) or writers.setdefault(
-                        ("triples", sp), _SplitWriter(final / "triples" / sp, sp, f_tri, batch=32))
-                    nb = len(r["mask"]) + len(r["ignore"] or b"")
-                    r["mask"] = {"bytes": r["mask"], "path": None}
-                    r["ignore"] = None if r["ignore"] is None else {"bytes": r["ignore"], "path": None}
-                    w.write(r, nb, r["image_id"] + "|" + r["label"])
-                    c = counts.setdefault((s.name, r["label"], sp), {"triples": 0, "pixels": 0, "negatives": 0})
-                    c["triples"] += 1
-                    c["pixels"] += pixels
-    splits = [sp for sp in SPLITS if ("images", sp) in writers]
-    if not splits:
-        reasons = "; ".join(f"{r['file']}: {r['reason']}" for r in rejects[:5])
-        raise BuildError(f"no tiles were produced (every item rejected or empty). First rejects: {reasons or 'none'}")
-    for sp in splits:  # every split present in images gets a (possibly empty) triples split too
-        if ("triples", sp) not in writers:
-            writers[("triples", sp)] = _SplitWriter(final / "triples" / sp, sp, f_tri, batch=64)
-    for w in writers.values():
-        w.close()
-    for kind in ("images", "triples"):
-        (final / kind / "dataset_dict.json").write_text(json.dumps({"splits": splits}))
+            rows.add_images(j.with_name(f"{stem}.images.parquet"), s.name, st["item"], split_of[s.name])
+            rows.add_triples(j.with_name(f"{stem}.triples.parquet"), s.name, split_of[s.name])
+    splits = rows.close()
     onto.save(final / "ontology.yaml", sources=sorted({sm["mapping_table"] for sm in summaries.values()}))
-    split_counts = {sp: {"images": writers[("images", sp)].rows, "triples": writers[("triples", sp)].rows}
+    split_counts = {sp: {"images": rows.writers[("images", sp)].rows, "triples": rows.writers[("triples", sp)].rows}
                     for sp in splits}
-    write_report(final / "report", counts=counts, tiles=tiles, rejects=rejects, splits=split_counts,
+    write_report(final / "report", counts=rows.counts, tiles=rows.tiles, rejects=rejects, splits=split_counts,
                  sources=source_status)
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "complete": True, "config_key": key,

@@ -87,10 +87,66 @@ def _relabel(m: np.ndarray) -> tuple[np.ndarray, int]:
     return (inv + 1).astype(np.int32), int(ids.size)
 
 
+def _resampled(sample: SourceSample, cats: dict, ignore, target_mpp) -> tuple[np.ndarray, dict, object, float, float]:
+    """``(image, cats, ignore, mpp, scale)`` of a sample resampled to ``target_mpp`` (unchanged, scale 1, when
+    ``target_mpp`` is None or within 0.1% of the sample's)."""
+    from .tiling import resample_image, resample_labels
+
+    image = sample.image
+    h0, w0 = image.shape[:2]
+    mpp = float(sample.mpp)
+    scale = 1.0
+    if target_mpp:
+        scale = mpp / float(target_mpp)
+        if abs(scale - 1.0) > 1e-3:
+            size = (max(1, int(round(h0 * scale))), max(1, int(round(w0 * scale))))
+            image = resample_image(image, size)
+            cats = {c: (resample_labels(m, size), hi, lb) for c, (m, hi, lb) in cats.items()}
+            ignore = None if ignore is None else resample_labels(ignore, size)
+            mpp = float(target_mpp)
+        else:
+            scale = 1.0
+    return image, cats, ignore, mpp, scale
+
+
+def _chains(cats: dict, onto: Ontology, region: str, variants: bool) -> dict[str, list[str]]:
+    """Per category: the category, its ancestors, and (with ``variants``) the ancestors' organ variants."""
+    chains = {}
+    for c in cats:
+        chain = [c, *onto.ancestors(c)]
+        if variants:
+            chain += [v for a in chain[1:] for v in [onto.variant(a, region)] if v is not None and v not in chain]
+        chains[c] = chain
+    return chains
+
+
+def _triple_rows(emit: dict, onto: Ontology, common: dict) -> list[dict]:
+    """One triple row per emitted category of a tile (instance maps relabelled 1..n, else binary PNGs);
+    ``common`` holds the tile's shared fields (image_id, region, source, ignore, split, patient_id, mpp)."""
+    from .masks import encode_png
+
+    triples = []
+    for c in sorted(emit):
+        m, has, lbs = emit[c]
+        cat = onto.categories[c]
+        if has:
+            m, n = _relabel(m)
+            png = encode_png(m.astype(np.uint16))
+        else:
+            n = -1
+            png = encode_png((m > 0).astype(np.uint8))
+        triples.append({
+            "image_id": common["image_id"], "label": c, "region": common["region"], "structure": cat.structure,
+            "object_type": cat.object_type, "source": common["source"], "source_label": "+".join(lbs),
+            "mask": png, "ignore": common["ignore"], "instance_count": n, "split": common["split"],
+            "patient_id": common["patient_id"], "mpp": common["mpp"], "pixels": int((m > 0).sum())})
+    return triples
+
+
 def sample_rows(sample: SourceSample, ctx: _Context, onto: Ontology, item: str) -> Iterator[tuple[dict, list]]:
     """``(image_row, triple_rows)`` for every kept tile of one sample."""
     from .masks import encode_png
-    from .tiling import resample_image, resample_labels, tile_boxes, tissue_fraction
+    from .tiling import tile_boxes, tissue_fraction
 
     o = ctx.options
     cats, ignore = _category_masks(sample, ctx, onto, item)
@@ -103,27 +159,10 @@ def sample_rows(sample: SourceSample, ctx: _Context, onto: Ontology, item: str) 
         cats = spec
     exhaustive = sample.exhaustive if sample.exhaustive is not None else ctx.exhaustive
     exhaustive = [onto.resolve(e) for e in exhaustive]
-    image = sample.image
-    h0, w0 = image.shape[:2]
-    mpp = float(sample.mpp)
-    scale = 1.0
-    if o["mpp"]:
-        scale = mpp / float(o["mpp"])
-        if abs(scale - 1.0) > 1e-3:
-            size = (max(1, int(round(h0 * scale))), max(1, int(round(w0 * scale))))
-            image = resample_image(image, size)
-            cats = {c: (resample_labels(m, size), hi, lb) for c, (m, hi, lb) in cats.items()}
-            ignore = None if ignore is None else resample_labels(ignore, size)
-            mpp = float(o["mpp"])
-        else:
-            scale = 1.0
+    h0, w0 = sample.image.shape[:2]
+    image, cats, ignore, mpp, scale = _resampled(sample, cats, ignore, o["mpp"])
     H, W = image.shape[:2]
-    chains = {}
-    for c in cats:  # the category, its ancestors, and (with region_variants) the ancestors' organ variants
-        chain = [c, *onto.ancestors(c)]
-        if o["region_variants"]:
-            chain += [v for a in chain[1:] for v in [onto.variant(a, region)] if v is not None and v not in chain]
-        chains[c] = chain
+    chains = _chains(cats, onto, region, o["region_variants"])
     split = normalize_split(sample.split)
     for (x0, y0, x1, y1) in tile_boxes(H, W, int(o["tile"]), int(o["overlap"])):
         fine: dict[str, tuple[np.ndarray, bool, list[str]]] = {}
@@ -149,21 +188,9 @@ def sample_rows(sample: SourceSample, ctx: _Context, onto: Ontology, item: str) 
         box = [int(round(x0 / scale)), int(round(y0 / scale)), min(w0, int(round(x1 / scale))),
                min(h0, int(round(y1 / scale)))]
         image_id = f"{ctx.source}/{sample.sample_id}/{box[0]}_{box[1]}"
-        triples = []
-        for c in sorted(emit):
-            m, has, lbs = emit[c]
-            cat = onto.categories[c]
-            if has:
-                m, n = _relabel(m)
-                png = encode_png(m.astype(np.uint16))
-            else:
-                n = -1
-                png = encode_png((m > 0).astype(np.uint8))
-            triples.append({
-                "image_id": image_id, "label": c, "region": region, "structure": cat.structure,
-                "object_type": cat.object_type, "source": ctx.source, "source_label": "+".join(lbs),
-                "mask": png, "ignore": ign_png, "instance_count": n, "split": split,
-                "patient_id": str(sample.patient_id), "mpp": mpp, "pixels": int((m > 0).sum())})
+        triples = _triple_rows(emit, onto, {"image_id": image_id, "region": region, "source": ctx.source,
+                                            "ignore": ign_png, "split": split,
+                                            "patient_id": str(sample.patient_id), "mpp": mpp})
         row = {
             "image_id": image_id, "image": encode_png(np.ascontiguousarray(tile_img)), "source": ctx.source,
             "sample_id": str(sample.sample_id), "patient_id": str(sample.patient_id), "split": split, "mpp": mpp,
