@@ -16,7 +16,7 @@ WEIGHTS = pathsegmentor/weights/pathsegmentor-tiny
 .PHONY: ablate-tiny retrain-tiny corpus v1-weights v2-weights v3-weights train-tiny train-tiny-v3 train-tiny-v2 \
   settings-tiny refit-presence calibrate-tiny eval-tiny bench-tiny baseline-unet train-tiny-v1 test
 
-retrain-tiny: corpus v3-weights train-tiny settings-tiny calibrate-tiny eval-tiny
+retrain-tiny: corpus v3-weights train-tiny calibrate-tiny settings-tiny eval-tiny
 
 corpus:
 	pathseg-build --config configs/data/shared.yaml --out $(CORPUS)
@@ -44,9 +44,12 @@ train-tiny:
 	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v4-cpu.yaml output_dir=$(RUN) \
 	  data.corpus=$(abspath $(CORPUS)) model.init_from=$(abspath $(V3)) --resume
 
-# the inference settings that are decisions (each commented in the file) into the trained model's config.json
+# the trained model's whole inference section, rebuilt from the recipe's decisions (configs/inference/tiny-v4.yaml, each
+# commented) and the calibration below, with each value's source in config.json's provenance (tests/test_settings.py
+# rebuilds the shipped section this way and compares)
 settings-tiny:
-	python -m pathsegmentor.evaluation.settings $(MODEL) configs/inference/tiny-v4.yaml
+	python -m pathsegmentor.evaluation.settings $(MODEL) configs/inference/tiny-v4.yaml \
+	  --calibration $(MODEL)/presence_calibration_train.json
 
 # v3: two legs from v2 (0-600 with one exhaustive-absent negative per crop, then resumed with two), presence refit
 V3RUN ?= runs/tiny-v3
@@ -66,10 +69,10 @@ refit-presence:
 	OMP_NUM_THREADS=2 python -m pathsegmentor.training.presence_refit $(V3RUN)/model --data $(CORPUS) \
 	  --out $(V3RUN)/model-presence --features $(V3RUN)/presence-features.npz
 
-# presence threshold: maximises MCC on the TRAINING split (never validation), written into the model's config
+# presence threshold: maximises MCC on the TRAINING split (never validation); settings-tiny writes it into the config
 calibrate-tiny:
-	python -m pathsegmentor.evaluation.presence $(MODEL) --data $(CORPUS) --split train --per-source 40 --write \
-	  --out $(MODEL)/presence-train.json
+	python -m pathsegmentor.evaluation.presence $(MODEL) --data $(CORPUS) --split train --per-source 40 \
+	  --out $(MODEL)/presence_calibration_train.json
 
 eval-tiny:
 	pathsegmentor evaluate --model $(MODEL) --data $(CORPUS) --split validation --out $(RUN)/eval-validation \

@@ -31,7 +31,7 @@ SOURCES = ("monuseg", "glas")
 def _model_at(cfg, weights: Path, settings):
     from safetensors.torch import load_file
 
-    from pathsegmentor.modeling.factory import create_model
+    from pathsegmentor import create_model
 
     model = create_model(cfg.model.name, overrides=cfg.model.overrides or None)
     state = {k: v for k, v in load_file(str(weights)).items() if not k.startswith("text_encoder.")}
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     import yaml
 
     from data_builders import load_pathseg
-    from pathsegmentor.modeling.factory import from_pretrained
+    from pathsegmentor import from_pretrained
     from pathsegmentor.training.segmentation import TrainConfig
     from pathsegmentor.modeling.config import from_dict
 

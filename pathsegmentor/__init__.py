@@ -15,15 +15,18 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["PathSegmentor", "SegmentationResult", "create_model", "list_models", "from_pretrained",
+__all__ = ["PathSegmentor", "Predictor", "InferenceConfig", "SegmentationResult", "create_model", "list_models",
+           "from_pretrained",
            "load_sam_checkpoint", "segment_slide", "ModelConfig", "__version__"]
 
 _LAZY = {
-    "PathSegmentor": ("pathsegmentor.modeling.model", "PathSegmentor"),
+    "PathSegmentor": ("pathsegmentor.segmentor", "PathSegmentor"),
+    "Predictor": ("pathsegmentor.inference.predictor", "Predictor"),
+    "InferenceConfig": ("pathsegmentor.modeling.inference_config", "InferenceConfig"),
     "SegmentationResult": ("pathsegmentor.inference.result", "SegmentationResult"),
-    "create_model": ("pathsegmentor.modeling.factory", "create_model"),
+    "create_model": ("pathsegmentor.segmentor", "create_model"),
     "list_models": ("pathsegmentor.modeling.registry", "list_models"),
-    "from_pretrained": ("pathsegmentor.modeling.factory", "from_pretrained"),
+    "from_pretrained": ("pathsegmentor.segmentor", "from_pretrained"),
     "load_sam_checkpoint": ("pathsegmentor.modeling.weights", "load_sam_checkpoint"),
     "ModelConfig": ("pathsegmentor.modeling.config", "ModelConfig"),
     "segment_slide": ("pathsegmentor.slide", "segment_slide"),
@@ -41,8 +44,9 @@ def __getattr__(name: str) -> Any:
 
 if TYPE_CHECKING:  # pragma: no cover
     from .modeling.config import ModelConfig
-    from .modeling.model import PathSegmentor
-    from .modeling.factory import create_model, from_pretrained
+    from .segmentor import PathSegmentor, create_model, from_pretrained
+    from .inference.predictor import Predictor
+    from .modeling.inference_config import InferenceConfig
     from .modeling.registry import list_models
     from .inference.result import SegmentationResult
     from .modeling.weights import load_sam_checkpoint

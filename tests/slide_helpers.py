@@ -33,9 +33,10 @@ class DarkStub:
     name = "dark-stub"
 
     def __init__(self, mpp: float = 0.5, size: int = 128, overlap: int = 32) -> None:
+        from pathsegmentor.modeling.inference_config import InferenceConfig
+
         self.config = SimpleNamespace(preprocess=SimpleNamespace(mpp=mpp, input_size=size),
-                                      inference=SimpleNamespace(tile_overlap=overlap, mask_threshold=0.5,
-                                                                presence_threshold=0.5),
+                                      inference=InferenceConfig(tile_overlap=overlap),
                                       to_dict=lambda: {"stub": [mpp, size, overlap]})
         self.calls = 0
 

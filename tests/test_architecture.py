@@ -12,6 +12,9 @@ PACKAGES = ("pathsegmentor", "data_builders")
 
 # (importing package prefix, forbidden imported prefix)
 FORBIDDEN = [
+    ("pathsegmentor.modeling", "pathsegmentor.inference"),  # the network never calls the predictor above it
+    ("pathsegmentor.modeling", "pathsegmentor.segmentor"),
+    ("pathsegmentor.inference", "pathsegmentor.segmentor"),  # PathSegmentor = network + predictor, above both
     ("pathsegmentor.modeling", "pathsegmentor.training"),
     ("pathsegmentor.modeling", "pathsegmentor.evaluation"),
     ("pathsegmentor.modeling", "pathsegmentor.slide"),
@@ -166,16 +169,37 @@ def test_the_rule_test_fails_on_a_forbidden_import():
     assert cycle is not None and "pathsegmentor.modeling.config" in cycle and "pathsegmentor.modeling.registry" in cycle
 
 
+def test_a_lazy_modeling_to_inference_import_is_caught():
+    """Issue 30's rule: the network (modeling) never imports the predictor layer, not even inside a function."""
+    bad = (REPO / "pathsegmentor/modeling/model.py").read_text() + (
+        "\n\ndef _segment(self, image):\n    from ..inference.segment import segment_image\n"
+        "    return segment_image(self, image)\n")
+    found = violations(import_graph(extra={"pathsegmentor.modeling.model": bad}))
+    assert found == ["pathsegmentor.modeling.model imports pathsegmentor.inference.segment "
+                     "(pathsegmentor.modeling must not import pathsegmentor.inference)"]
+
+
 def test_type_checking_imports_are_not_dependencies():
     src = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..modeling.model import PathSegmentor\n"
     assert imports_of(src, "pathsegmentor.inference.x", False) == {("typing", "TYPE_CHECKING")}
 
 
 @pytest.mark.parametrize("package", PACKAGES)
-def test_no_source_file_over_20kb(package):
+def test_no_library_file_over_15kb(package):
     big = [f"{p.relative_to(REPO)} ({p.stat().st_size} B)" for p in (REPO / package).rglob("*.py")
-           if p.stat().st_size > 20_000]
+           if p.stat().st_size > 15_000]
     assert big == []
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_library_function_over_80_lines(package):
+    long = []
+    for p in (REPO / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
+                n = node.end_lineno - node.lineno + 1
+                long.append(f"{p.relative_to(REPO)}:{node.lineno} {node.name} ({n} lines)")
+    assert long == []
 
 
 def test_tests_and_bench_files_under_20kb():

@@ -8,6 +8,7 @@ import pytest
 
 from pathsegmentor.inference.geometric_instances import answer_geometric
 from pathsegmentor.inference.prompts import PromptResolution
+from pathsegmentor.modeling.inference_config import InferenceConfig
 
 
 def _scene():
@@ -34,7 +35,7 @@ def _runner(scene, calls):
 @pytest.fixture()
 def model():
     pre = SimpleNamespace(mpp=0.5, structure_mpp={"cell": 0.25})
-    inf = SimpleNamespace(geometric_window=400)  # windows larger than the image: the whole 200² image
+    inf = InferenceConfig(geometric_window=400)  # windows larger than the image: the whole 200² image
     return SimpleNamespace(config=SimpleNamespace(preprocess=pre, inference=inf))
 
 

@@ -135,21 +135,3 @@ def test_dense_training_leg_resumes_exactly(tmp_path):
     assert a.keys() == b.keys() and any(k.startswith("mask_decoder.pixel_decoder.") for k in a)
     for k in a:
         assert (a[k] == b[k]).all(), f"{k} differs after resume"
-
-
-def test_inference_settings_written_from_yaml_and_checked(tmp_path, dense_model):
-    import json
-
-    from pathsegmentor.evaluation.settings import apply_settings, main
-    from pathsegmentor.modeling.config import ConfigError
-
-    model_dir = dense_model.save_pretrained(tmp_path / "m")
-    yaml_file = tmp_path / "s.yaml"
-    yaml_file.write_text("instances: border\nmax_cell_component_um2: 5000.0\n")
-    assert main([str(model_dir), str(yaml_file)]) == 0
-    inf = json.loads((model_dir / "config.json").read_text())["inference"]
-    assert inf["instances"] == "border" and inf["max_cell_component_um2"] == 5000.0
-    before = (model_dir / "config.json").read_text()
-    with pytest.raises(ConfigError, match="not inference settings"):
-        apply_settings(model_dir, {"instance": "border"})
-    assert (model_dir / "config.json").read_text() == before  # nothing written

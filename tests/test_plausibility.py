@@ -2,6 +2,7 @@
 import numpy as np
 
 from pathsegmentor.inference.plausibility import drop_oversized, is_cell_concept, oversized_parts
+from pathsegmentor.modeling.inference_config import InferenceConfig
 
 
 def _blobs():
@@ -21,17 +22,19 @@ def test_oversized_parts_are_the_connected_parts_over_the_limit():
 
 
 def test_drop_oversized_only_touches_cell_concepts_and_their_instances():
-    assert is_cell_concept("nuclei") and not is_cell_concept("gland") and not is_cell_concept(None)
+    inf = InferenceConfig()
+    assert is_cell_concept("nuclei", inf) and not is_cell_concept("gland", inf) and not is_cell_concept(None, inf)
     masks = np.stack([_blobs(), _blobs(), _blobs()])
     inst = np.zeros(masks.shape, np.int32)
     inst[:, 10:20, 10:20], inst[:, 100:190, 100:190] = 1, 2
     # 0.25 µm/px: 0.0625 µm² per px; 5000 µm² = 80 000 px keeps everything, 100 µm² = 1600 px drops the blot
-    removed = drop_oversized(masks, inst, ["nuclei", "gland", None], [0.0625] * 3, 100.0)
+    removed = drop_oversized(masks, inst, ["nuclei", "gland", None], [0.0625] * 3,
+                             InferenceConfig(max_cell_component_um2=100.0))
     assert removed[0] == 8100 * 0.0625 and removed[1] == removed[2] == 0.0
     assert not masks[0, 150, 150] and masks[0, 15, 15] and inst[0, 150, 150] == 0 and inst[0, 15, 15] == 1
     assert masks[1, 150, 150] and inst[1, 150, 150] == 2  # a gland may be that large
     before = masks.copy()
-    assert drop_oversized(masks, None, ["nuclei"] * 3, [0.0625] * 3, 0.0) == [0.0] * 3  # 0: off
+    assert drop_oversized(masks, None, ["nuclei"] * 3, [0.0625] * 3, InferenceConfig()) == [0.0] * 3  # 0: off
     assert (masks == before).all()
 
 

@@ -183,7 +183,8 @@ def test_segment_all_refused_runs_nothing(partial_model, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the model must not run for refused prompts")
 
-    monkeypatch.setattr(partial_model, "predict_window", boom)
+    monkeypatch.setattr(partial_model, "encode_window", boom)
+    monkeypatch.setattr(partial_model, "decode_window", boom)
     res = partial_model.segment(np.zeros((32, 32, 3), np.uint8), ["stroma"])
     assert res.presence.tolist() == [0.0] and res.masks.shape == (1, 32, 32) and not res.masks.any()
 

@@ -81,11 +81,12 @@ def test_one_decoder_choice_for_segment_slides_and_viewer():
     from types import SimpleNamespace
 
     from pathsegmentor.inference.prompts import geometric, open_resolution
-    from pathsegmentor.inference.separation import (MIN_AREA_PX, WATERSHED_H_PX, instance_decoding,
-                                                    wants_instances)
+    from pathsegmentor.inference.separation import instance_decoding, wants_instances
+    from pathsegmentor.modeling.inference_config import InferenceConfig
 
-    cfg = SimpleNamespace(preprocess=SimpleNamespace(mpp=0.5, structure_mpp={"cell": 0.25}),
-                          inference=SimpleNamespace(instances="distance"))
+    inf = InferenceConfig(instances="distance")
+    MIN_AREA_PX, WATERSHED_H_PX = inf.instance_min_area_px, inf.instance_watershed_h_px
+    cfg = SimpleNamespace(preprocess=SimpleNamespace(mpp=0.5, structure_mpp={"cell": 0.25}), inference=inf)
     d = instance_decoding(cfg, "nuclei")
     assert (d.method, d.min_area, d.h) == ("distance", MIN_AREA_PX, WATERSHED_H_PX) and d.reads_maps
     assert instance_decoding(cfg, "nuclei", decode_mpp=0.25) == d  # the working µm/px of nuclei
@@ -97,8 +98,15 @@ def test_one_decoder_choice_for_segment_slides_and_viewer():
     cfg.inference.instances = "stardist"
     with pytest.raises(ValueError, match="'stardist' unknown. Available.*inference.instances"):
         instance_decoding(cfg, "nuclei")
-    assert wants_instances(open_resolution("glands", "gland")) and not wants_instances(open_resolution("dark cells"))
-    assert not wants_instances(geometric("<box 0>")) and not wants_instances(None)
+    inf = InferenceConfig()
+    assert wants_instances(open_resolution("glands", "gland"), inf)
+    assert not wants_instances(open_resolution("dark cells"), inf)
+    assert not wants_instances(geometric("<box 0>"), inf) and not wants_instances(None, inf)
+    # the rule is a setting: glands counted object by object only while "gland" is an instance object type
+    assert not wants_instances(open_resolution("glands", "gland"), InferenceConfig(instance_object_types=("nucleus",)))
+    halved = instance_decoding(SimpleNamespace(preprocess=cfg.preprocess, inference=InferenceConfig(
+        instance_min_area_px=16, instance_watershed_h_px=3.0)), "nuclei", "watershed")
+    assert (halved.min_area, halved.h) == (16, 3.0)  # the decoder's parameters come from the settings
 
 
 def test_resize_labels_nearest():
@@ -302,8 +310,8 @@ def test_geometric_window_runs_a_point_or_box_in_a_window_of_the_trained_size(te
     monkeypatch.setattr(test_model.config.inference, "geometric_window", win)
     img = np.random.default_rng(1).integers(0, 255, (size, size, 3), dtype=np.uint8)  # fits one input window
     seen = []
-    real = test_model.predict_window_maps
-    monkeypatch.setattr(test_model, "predict_window_maps", lambda w, *a, **k: seen.append(w.shape) or real(w, *a, **k))
+    real = test_model.encode_window
+    monkeypatch.setattr(test_model, "encode_window", lambda w: seen.append(w.shape) or real(w))
     res = test_model.segment(img, points=np.array([[[size - 5.0, 5.0]]]), point_labels=np.array([[1]]))
     assert seen == [(win, win, 3)] and res.masks.shape == (1, size, size)
     ys, xs = np.nonzero(res.probs[0] > 0)
@@ -313,7 +321,10 @@ def test_geometric_window_runs_a_point_or_box_in_a_window_of_the_trained_size(te
     test_model.segment(img, boxes=big)
     assert seen == [(size, size, 3)]
     seen.clear()
-    test_model.segment(img, ["nuclei"])  # text alone: the whole image, as before
+    test_model.segment(img, ["nuclei"])  # text alone: the whole image, as before; encoded by the box call already
+    assert seen == []  # (the predictor's cache: same pixels, same weights)
+    test_model.predictor.cache.clear()
+    test_model.segment(img, ["nuclei"])
     assert seen == [(size, size, 3)]
     monkeypatch.setattr(test_model.config.inference, "geometric_window", -1)
     with pytest.raises(ValueError, match="geometric_window is -1"):

@@ -252,14 +252,16 @@ def test_slide_instances_from_separation_maps_split_touching_nuclei(tmp_path):
 def test_slide_decides_instances_by_the_ontology_as_segment_does(slide, tmp_path):
     """'glands' (an instance concept without 'nucle'/'cell' in it) gets objects; 'dark cells' (no concept: the
     old substring rule gave it objects) is a region, as segment() decides (wants_instances)."""
-    from pathsegmentor.inference.prompts import resolve_prompts
+    from pathsegmentor.inference.predictor import Predictor
     from pathsegmentor.inference.separation import wants_instances
 
     prompts = ["glands", "dark cells"]
     res = segment_slide(DarkStub(), slide, prompts, out=tmp_path / "o", geojson=True, vocabulary="open",
                         progress=False)
     rows = res.summary["prompts"]
-    assert [r["instances"] for r in rows] == [wants_instances(r) for r in resolve_prompts(None, prompts, "open")]
+    stub = DarkStub()
+    assert [r["instances"] for r in rows] == [wants_instances(r, stub.config.inference)
+                                             for r in Predictor(stub).resolve(prompts, "open")]
     assert [r["instances"] for r in rows] == [True, False]
     assert rows[0]["objects"] == len(DISKS) + len(SQUARES) and rows[1]["regions"] > 0
 

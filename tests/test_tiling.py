@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pathsegmentor.modeling.inference_config import InferenceConfig
 from pathsegmentor.inference.tiling import BlendAccumulator, blend_weights, tile_grid
 
 CASES = [(300, 263, 128, 32), (1000, 1000, 256, 64), (128, 128, 128, 32), (50, 700, 128, 0), (129, 257, 128, 127),
@@ -88,8 +89,7 @@ class _HalfPresentStub:
         from types import SimpleNamespace
 
         self.config = SimpleNamespace(preprocess=SimpleNamespace(mpp=0.5, input_size=64, structure_mpp={}),
-                                      inference=SimpleNamespace(tile_overlap=16, mask_threshold=0.5,
-                                                                presence_threshold=0.5, instances="auto"))
+                                      inference=InferenceConfig(tile_overlap=16))
 
     def encode_text(self, prompts):
         import torch
@@ -103,11 +103,11 @@ class _HalfPresentStub:
 
 
 def test_segment_gates_each_tile_by_its_own_presence():
-    from pathsegmentor.inference.segment import segment_image
+    from pathsegmentor.inference.predictor import Predictor
 
     img = np.zeros((64, 200, 3), np.uint8)
     img[:, 100:] = 255  # right half bright: its windows say "present", the left ones "absent"
-    res = segment_image(_HalfPresentStub(), img, ["tumor"], vocabulary="open")
+    res = Predictor(_HalfPresentStub()).segment(img, ["tumor"], vocabulary="open")
     assert res.presence[0] == 1.0 and (res.probs[0] > 0.5).all()  # probabilities are not gated
     # windows start at x 0, 48 (both mostly dark: absent), 96 and 136 (present)
     assert [t.x0 for t in tile_grid(64, 200, 64, 16)] == [0, 48, 96, 136]

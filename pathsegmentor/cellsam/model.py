@@ -23,7 +23,8 @@ from torch import nn
 
 from ..modeling.config import ConfigError, ModelConfig, from_dict
 from ..modeling.mask_decoder import DecoderOutput
-from ..modeling.model import PathSegmentor, PathSegOutput
+from ..inference.predictor import SegmentMixin
+from ..modeling.model import PathSegmentorNetwork, PathSegOutput
 from . import BRANCHES, MODES
 from .dual_encoder import DualEncoder, DualFeatures, load_teacher_checkpoint
 from .fusion import FUSIONS, build_mask_fusion
@@ -54,7 +55,7 @@ class CellSAMOutput(PathSegOutput):
     branches: dict[str, PathSegOutput] = field(default_factory=dict)
 
 
-class CellSAM(PathSegmentor):
+class CellSAM(SegmentMixin, PathSegmentorNetwork):
     """PathSegmentor with a :class:`DualEncoder` and mask fusion (``config.cellsam``).
 
     Built by :func:`pathsegmentor.modeling.build.build_model` for configs whose ``image_encoder.type`` is
@@ -95,7 +96,9 @@ class CellSAM(PathSegmentor):
         (default: the one saved in the config)."""
         if mode is not None and mode not in MODES:
             raise ValueError(f"Unknown CellSAM mode '{mode}'. Available: {list(MODES)}")
-        model = PathSegmentor.from_pretrained(name_or_dir, **kwargs)
+        from ..modeling.weights import load_pretrained
+
+        model = load_pretrained(name_or_dir, model_cls=cls, **kwargs)
         if not isinstance(model, CellSAM):
             raise TypeError(f"'{name_or_dir}' is a {type(model).__name__} ({model.config.name}), not a CellSAM "
                             f"model (image_encoder.type 'dual'); load it with PathSegmentor.from_pretrained.")

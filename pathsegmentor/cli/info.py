@@ -101,18 +101,24 @@ def cmd_info(args: argparse.Namespace) -> int:
         cfg = ModelConfig.from_file(p / CONFIG_NAME)
         sources = [{"where": str(p.resolve()), "kind": "model dir", "found": True}]
     elif spec in list_models():
-        cfg = get_model_config(spec)
         sources = weight_sources(spec)
+        shipped = next((Path(s["where"]) for s in sources if s["found"] and s["kind"].startswith("model dir")), None)
+        # the config that loads with the weights (its inference section and provenance), else the registry's
+        cfg = ModelConfig.from_file(shipped / CONFIG_NAME) if shipped is not None else get_model_config(spec)
     else:
         raise UsageError(f"Unknown model '{spec}'. Available: {list_models()} (or a directory with {CONFIG_NAME}).")
     counts = parameter_counts(cfg)
     pp = cfg.preprocess
+    settings = inference_settings(cfg)
     if args.json:
-        print(json.dumps({"config": cfg.to_dict(), "parameters": counts, "weights": sources}, indent=2))
+        print(json.dumps({"config": cfg.to_dict(), "parameters": counts, "weights": sources,
+                          "inference_settings": settings}, indent=2))
         return 0
     print(f"{cfg.name}: {' '.join(cfg.description.split())}")
     print(f"input size: {pp.input_size}{' (fixed window)' if pp.fixed_input else f' max window, padded to a multiple of {pp.size_divisor}'}"
           f"; mpp: {pp.mpp} um/px; prompt template: {pp.prompt_template!r}")
+    print(f"working um/px per structure (preprocess.structure_mpp, as trained; segment(), slides and the viewer "
+          f"rescale each prompt to it): {dict(pp.structure_mpp) or 'none (everything at mpp)'}")
     print("parameters:")
     for part, c in counts.items():
         print(f"  {part:<15} {c['total']:>13,d} total  {c['trainable']:>13,d} trainable")
@@ -120,7 +126,28 @@ def cmd_info(args: argparse.Namespace) -> int:
     for s in sources:
         state = {True: "found", False: "absent", None: "online only"}[s["found"]]
         print(f"  [{state}] {s['where']}  ({s['kind']})")
+    print("inference settings (value, where it came from, what it does):")
+    width = max(len(r["setting"]) for r in settings)
+    for r in settings:
+        print(f"  {r['setting']:<{width}} = {json.dumps(r['value'])}")
+        print(f"  {'':<{width}}   from: {r['source']}")
+        print(f"  {'':<{width}}   {r['doc']}")
     print("config:")
     print(json.dumps(cfg.to_dict(), indent=2))
     return 0
+
+
+def inference_settings(cfg) -> list[dict[str, Any]]:
+    """One row per :class:`~pathsegmentor.modeling.inference_config.InferenceConfig` field: ``setting``, ``value``,
+    ``source`` (the config's ``provenance`` entry: ``recipe: ...`` or ``calibration: ...``; else ``default``) and
+    ``doc`` (the field's first sentence)."""
+    from dataclasses import asdict
+
+    from ..modeling.inference_config import inference_field_docs
+
+    docs = inference_field_docs()
+    values = json.loads(json.dumps(asdict(cfg.inference)))
+    prov = cfg.provenance or {}
+    return [{"setting": k, "value": v, "source": prov.get(f"inference.{k}", "default"), "doc": docs[k]}
+            for k, v in values.items()]
 

@@ -49,7 +49,7 @@ def _weights_location(spec: str) -> str:
 def load_model(spec: str, device: str | None = None):
     """``from_pretrained(spec)`` with errors turned into :class:`RunError`; returns (model, source)."""
     from ..modeling.config import ConfigError
-    from ..modeling.factory import from_pretrained
+    from ..segmentor import from_pretrained
     from ..modeling.weights import CheckpointError, WeightsNotFoundError
 
     _check_model_spec(spec)

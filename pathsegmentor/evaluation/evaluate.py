@@ -27,71 +27,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..training.collectives import all_gather_objects
-from .metrics import Counts, aggregated_jaccard_index, confusion, panoptic_quality, scores
-
-def _is_instance_category(label: str) -> bool:
-    """Counted object by object (the ontology's nucleus / cell / gland types), as ``segment()`` decides."""
-    from ..inference.separation import is_instance_concept
-
-    return is_instance_concept(label)
-
-
-def evaluate_image(model, sample: dict[str, Any], *, cross_prompts: Sequence[str] = (),
-                   instance_metrics: bool = True, instances: str = "auto", tta: bool = False,
-                   mpp_scale: float = 1.0, mpp_mode: str = "corpus") -> list[dict[str, Any]]:
-    """Rows of raw counts for one corpus sample (see :func:`evaluate`). ``instances``: the instance decoder
-    (``segment()``'s choices); ``tta``: flip test-time augmentation; ``mpp_scale``: multiply the working
-    µm/px (ablation: 2.0 runs nuclei at 0.5 instead of 0.25) by passing a scaled ``mpp`` to ``segment``;
-    ``mpp_mode``: ``"corpus"`` (the corpus' mpp), ``"none"`` (pixel size unknown: nothing rescaled) or ``"auto"``
-    (estimated from the image), as a user without the pixel size would run it."""
-    labels = sorted(sample["targets"])
-    negatives = [n for n in sample.get("negatives", []) if n not in sample["targets"]]
-    extra = [p for p in cross_prompts if p not in labels and p not in negatives]
-    prompts = labels + negatives + extra
-    if not prompts:
-        return []
-    mpp = sample.get("mpp")
-    mpp = None if mpp is None or mpp_mode == "none" else "auto" if mpp_mode == "auto" else mpp / mpp_scale
-    kw = dict(vocabulary="open", instances=instances if instance_metrics else "none", tta=tta)
-    try:
-        res = model.segment(sample["image"], prompts, mpp=mpp, **kw)
-    except ValueError:
-        if mpp != "auto":
-            raise
-        res = model.segment(sample["image"], prompts, mpp=None, **kw)  # estimate refused: as a user, unscaled
-    rows: list[dict[str, Any]] = []
-    base = {"image_id": sample.get("image_id", ""), "source": sample.get("source", "")}
-    for k, lb in enumerate(prompts):
-        pred = res.masks[k]
-        if lb in sample["targets"]:
-            gt = np.asarray(sample["targets"][lb], bool)
-            ign = (sample.get("ignore") or {}).get(lb)
-            c = confusion(pred, gt, None if ign is None else ~np.asarray(ign, bool))
-            row = {**base, "kind": "positive", "prompt": lb, "label": lb, "presence": float(res.presence[k]),
-                   "tp": c.tp, "fp": c.fp, "fn": c.fn, "tn": c.tn}
-            inst = (sample.get("instances") or {}).get(lb)
-            if instance_metrics and inst is not None and _is_instance_category(lb):
-                pinst = res.instances[k] if res.instances is not None and res.instances[k].any() else None
-                if pinst is None:  # not an instance concept for the model's decoder: one decoder for all
-                    from ..inference.separation import decode_instances
-
-                    pinst = decode_instances(pred, None, "watershed")
-                row["aji"] = aggregated_jaccard_index(np.asarray(inst), pinst)
-                row.update(panoptic_quality(np.asarray(inst), pinst))
-            rows.append(row)
-        if lb in negatives:
-            rows.append({**base, "kind": "negative", "prompt": lb, "label": lb, "presence": float(res.presence[k]),
-                         "predicted_present": bool(res.presence[k] >= res.thresholds["presence"]),
-                         "empty_mask": bool(not pred.any())})
-        if lb in cross_prompts:
-            for gl in labels:
-                if gl == lb:
-                    continue
-                c = confusion(pred, np.asarray(sample["targets"][gl], bool))
-                rows.append({**base, "kind": "cross", "prompt": lb, "label": gl, "presence": float(res.presence[k]),
-                             "tp": c.tp, "fp": c.fp, "fn": c.fn, "tn": c.tn})
-    return rows
-
+from .image_rows import evaluate_image
+from .metrics import Counts, scores
 
 def summarize(rows: list[dict[str, Any]], presence_threshold: float = 0.5) -> dict[str, list[dict[str, Any]]]:
     """Aggregate raw rows into tables: ``by_category``, ``by_source``, ``overall``, ``negatives``, ``cross``."""

@@ -27,6 +27,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..inference.predictor import as_predictor
+
 
 @dataclass
 class Pair:
@@ -107,7 +109,8 @@ def presence_pairs(model, corpus, split: str, *, phrases: Sequence[str], n_phras
     for i in tqdm(idx, desc=f"presence {split}", disable=not progress):
         s = corpus.sample(split, i)
         asked = asked_prompts(s, corpus.ontology, rng, phrases=phrases, n_phrases=n_phrases, n_organ=n_organ)
-        res = model.segment(s["image"], [a[0] for a in asked], mpp=s.get("mpp"), vocabulary="open", instances="none")
+        res = as_predictor(model).segment(s["image"], [a[0] for a in asked], mpp=s.get("mpp"), vocabulary="open",
+                                          instances="none")
         for k, (prompt, kind, truth) in enumerate(asked):
             pairs.append(Pair(str(s.get("image_id", i)), str(s.get("source", "")), prompt, kind, truth,
                               float(res.presence[k]), bool(not res.masks[k].any())))
@@ -168,12 +171,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(json.dumps(summary, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps({"summary": summary, "pairs": [asdict(p) for p in pairs]}, indent=1))
-    if args.write:
-        cfg_path = Path(args.model) / "config.json"
-        cfg = json.loads(cfg_path.read_text())
-        cfg.setdefault("inference", {})["presence_threshold"] = round(thr, 4)
-        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
-        print(f"presence_threshold {thr:.4f} (MCC {best:.3f} on split '{args.split}') written to {cfg_path}")
+    if args.write:  # the threshold and where it came from (provenance), the rest of the section kept
+        from .settings import calibrated_threshold, merge_inference
+
+        values, sources = calibrated_threshold(summary, Path(args.out).name if args.out else "evaluation.presence")
+        merge_inference(args.model, values, sources)
+        print(f"presence_threshold {values['presence_threshold']:.4f} (MCC {best:.3f} on split '{args.split}') written "
+              f"to {Path(args.model) / 'config.json'}")
     return 0
 
 

@@ -4,17 +4,18 @@ A click or a box means "this object". Instead of decoding the point/box tokens (
 which needs far more geometric training than ``pathsegmentor-tiny`` had), each prompt is answered by the
 model's own text-prompted instances in a window around it:
 
-* **point alone**: the instance of the finest instance concept the model answers (:data:`POINT_CONCEPTS`:
-  nuclei, then glands) under the first foreground point, or the nearest one within :data:`NEAR_UM` µm
-  (a click on a rim the predicted mask misses); else an empty mask.
-* **box alone**: the concept is chosen by the box size (a box of at most :data:`CELL_BOX_UM` µm frames a
-  nucleus, a larger one a gland); the object is picked by ``inference.geometric_box`` (:data:`BOX_RULES`;
+* **point alone**: the instance of the finest instance concept the model answers (``inference.geometric_concepts``:
+  nuclei, then glands) under the first foreground point, or the nearest one within ``inference.geometric_near_um``
+  µm (a click on a rim the predicted mask misses); else an empty mask.
+* **box alone**: the concept is chosen by the box size (a box of at most ``inference.geometric_cell_box_um`` µm
+  frames a nucleus, a larger one a gland); the object is picked by ``inference.geometric_box`` (:data:`BOX_RULES`;
   default: the instance whose bounding box best overlaps the box), clipped to the box.
 * **text + box**: the text prompt's mask (as ``segment`` answers it) clipped to the box; **text + point**:
   the text's instance under the point.
 
 The window is the prompt's extent plus half on each side, at least ``inference.geometric_window`` px
-(256 when unset) at the concept's working µm/px, so a point on a whole-slide region costs one window.
+(the input size when 0) at the concept's working µm/px, so a point on a whole-slide region costs one window.
+Every number here is a field of the model's ``inference`` settings.
 """
 from __future__ import annotations
 
@@ -25,12 +26,6 @@ import numpy as np
 from .prompts import PromptResolution
 from .separation import working_mpp
 
-POINT_CONCEPTS = ("nuclei", "gland")
-NEAR_UM = 3.0  # a point this close to an object (µm) counts as on it
-BOX_CONCEPTS = ("nuclei", "gland")  # (cell-sized box, larger box)
-# a box alone whose longer side is at most this many µm frames a cell (runs at the cells' resolution)
-CELL_BOX_UM = 25.0
-GEOMETRIC_MODES = ("learned", "instances")
 # how a box alone picks its object from the concept's mask and instances in the window (inference.geometric_box)
 BOX_RULES = {
     "best_instance": "the instance that best fills the box",
@@ -39,7 +34,6 @@ BOX_RULES = {
     "mask": "the mask inside the box",
 }
 INSTANCE_BOX_RULES = ("best_instance", "contained_instances")  # the rules that read the instance labels
-CONTAINED_FRACTION = 0.5  # "contained_instances": an instance with at least this fraction of its area inside
 
 
 def check_geometric_box(rule: str) -> None:
@@ -49,10 +43,11 @@ def check_geometric_box(rule: str) -> None:
 
 
 def box_object(labels: np.ndarray | None, mask: np.ndarray, box: tuple[float, float, float, float],
-               rule: str) -> np.ndarray | None:
+               rule: str, contained_fraction: float = 0.5) -> np.ndarray | None:
     """``bool [h, w]``: the object a box alone selects from a window's ``mask`` (``bool [h, w]``) and instance
     ``labels`` (``int [h, w]``, 0 background; None: the mask's connected components), clipped to the XYXY
-    ``box``, by ``rule`` (:data:`BOX_RULES`); None when it selects nothing."""
+    ``box``, by ``rule`` (:data:`BOX_RULES`); None when it selects nothing. ``contained_fraction``: with
+    ``"contained_instances"``, the share of an instance's area that must lie inside the box."""
     from scipy import ndimage as ndi
 
     check_geometric_box(rule)
@@ -74,17 +69,10 @@ def box_object(labels: np.ndarray | None, mask: np.ndarray, box: tuple[float, fl
         else:
             total = np.bincount(labels.ravel())
             within = np.bincount(labels[inside].ravel(), minlength=len(total))
-            keep = np.nonzero(within[1:] >= CONTAINED_FRACTION * np.maximum(total[1:], 1))[0] + 1
+            keep = np.nonzero(within[1:] >= contained_fraction * np.maximum(total[1:], 1))[0] + 1
             obj = np.isin(labels, keep) if len(keep) else None
         obj = obj & inside if obj is not None else None
     return obj if obj is not None and obj.any() else None
-
-
-def check_geometric_mode(mode: str) -> None:
-    if mode not in GEOMETRIC_MODES:
-        raise ValueError(f"inference.geometric_mode is {mode!r}. Available: {list(GEOMETRIC_MODES)} ('instances': a "
-                         f"point/box returns the model's instance under it; 'learned': the prompt encoder's tokens); "
-                         f"set it in the model's config.json")
 
 
 def _window(extent: tuple[float, float, float, float], side: float, h: int, w: int) -> tuple[int, int, int, int]:
@@ -148,20 +136,21 @@ def answer_geometric(model, rgb: np.ndarray, *, text: str | None, box: np.ndarra
     options) and returns its :class:`~.result.SegmentationResult`; ``answerable``: the concepts the model
     answers; ``box`` XYXY and ``point`` XY in input pixels."""
     h, w = rgb.shape[:2]
-    pp = model.config.preprocess
+    pp, inf = model.config.preprocess, model.config.inference
     m_in = float(mpp) if mpp is not None else float(pp.mpp)
-    base = float(getattr(model.config.inference, "geometric_window", 0) or 256)
-    rule = getattr(model.config.inference, "geometric_box", "best_instance")
+    base = float(inf.geometric_window or pp.input_size)
+    rule = inf.geometric_box
+    small, large = inf.geometric_concepts
     out = np.zeros((h, w), bool)
     if box is not None:
         b = tuple(float(v) for v in box)
         extent = b
         side_um = max(b[2] - b[0], b[3] - b[1]) * m_in
-        concepts = [text] if text else [BOX_CONCEPTS[0] if side_um <= CELL_BOX_UM else BOX_CONCEPTS[1]]
+        concepts = [text] if text else [small if side_um <= inf.geometric_cell_box_um else large]
     else:
         px, py = float(point[0]), float(point[1])
         extent = (px, py, px, py)
-        concepts = [text] if text else [c for c in POINT_CONCEPTS if c in answerable]
+        concepts = [text] if text else [c for c in inf.geometric_concepts if c in answerable]
     for concept in concepts:
         if not text and concept not in answerable:
             continue
@@ -182,12 +171,12 @@ def answer_geometric(model, rgb: np.ndarray, *, text: str | None, box: np.ndarra
         labels = res.instances[0] if res.instances is not None else None
         if box is None:
             cx, cy = int(min(max(px - x0, 0), x1 - x0 - 1)), int(min(max(py - y0, 0), y1 - y0 - 1))
-            obj = _object_near(labels, mask, cx, cy, NEAR_UM / m_in)
+            obj = _object_near(labels, mask, cx, cy, inf.geometric_near_um / m_in)
             if obj.any():
                 out[y0:y1, x0:x1] = obj
                 return out, 1.0, resolution, f"the '{concept}' instance under the point"
             continue
-        obj = box_object(labels, mask, wb, rule)
+        obj = box_object(labels, mask, wb, rule, inf.geometric_contained_fraction)
         if obj is not None:
             out[y0:y1, x0:x1] = obj
             return out, 1.0, resolution, f"{BOX_RULES[rule]} ('{concept}')"
@@ -208,7 +197,7 @@ def segment_by_instances(model, rgb: np.ndarray, prompts: list[str], names: list
 
     h, w = rgb.shape[:2]
     n = len(names)
-    answerable = set(model.config.vocabulary) or set(POINT_CONCEPTS)
+    answerable = set(model.config.vocabulary) or set(model.config.inference.geometric_concepts)
     masks = np.zeros((n, h, w), bool)
     presence = np.zeros(n, np.float32)
     resolutions = []

@@ -12,13 +12,11 @@ import numpy as np
 
 from .separation import _ontology
 
-CELL_OBJECT_TYPES = ("nucleus", "cell")
-
-
-def is_cell_concept(concept: str | None) -> bool:
-    """Whether an ontology concept is a nucleus or cell type."""
+def is_cell_concept(concept: str | None, settings) -> bool:
+    """Whether the size limit applies to an ontology concept: its object type is one of the inference
+    ``settings.size_limit_object_types`` (nuclei and cells as shipped)."""
     c = _ontology().categories.get(concept or "")
-    return c is not None and c.object_type in CELL_OBJECT_TYPES
+    return c is not None and c.object_type in tuple(settings.size_limit_object_types)
 
 
 def oversized_parts(mask: np.ndarray, max_px: float) -> np.ndarray:
@@ -33,15 +31,16 @@ def oversized_parts(mask: np.ndarray, max_px: float) -> np.ndarray:
 
 
 def drop_oversized(masks: np.ndarray, instances: np.ndarray | None, concepts: list[str | None],
-                   um2_per_px: list[float], max_um2: float) -> list[float]:
-    """Removes, in place, the parts of each cell-concept row of ``masks`` (``bool [N, H, W]``) over ``max_um2``
-    µm² (``um2_per_px[i]``: the area of one input pixel of row i) and their ``instances`` (``int32 [N, H, W]``
-    or None). Returns the µm² removed per row (0.0 for rows left alone)."""
+                   um2_per_px: list[float], settings) -> list[float]:
+    """Removes, in place, the parts of each cell-concept row of ``masks`` (``bool [N, H, W]``) over
+    ``settings.max_cell_component_um2`` µm² (``um2_per_px[i]``: the area of one input pixel of row i) and their
+    ``instances`` (``int32 [N, H, W]`` or None). Returns the µm² removed per row (0.0 for rows left alone)."""
     removed = [0.0] * len(masks)
+    max_um2 = float(settings.max_cell_component_um2)
     if max_um2 <= 0:
         return removed
     for i, concept in enumerate(concepts):
-        if not is_cell_concept(concept) or not masks[i].any():
+        if not is_cell_concept(concept, settings) or not masks[i].any():
             continue
         gone = oversized_parts(masks[i], max_um2 / um2_per_px[i])
         if gone.any():

@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -34,138 +33,16 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..ontology import Ontology
-from ..resources import cache_dir
 from .calibration import OUT_OF_DOMAIN, calibrate_threshold
-
-VOCABULARY_MODES = ("model", "open")
-MATCHES = ("exact", "synonym", "normalised", "nearest", "none", "open")
-RELATIONS = ("same", "broader", "narrower", "nuclei-of", "refused", "open")
-
-_UK_US = {"tumour": "tumor", "tumours": "tumors", "haematoxylin": "hematoxylin", "leucocyte": "leukocyte",
-          "leucocytes": "leukocytes", "oesophagus": "esophagus", "oesophageal": "esophageal", "oedema": "edema",
-          "haemorrhage": "hemorrhage", "fibre": "fiber", "fibres": "fibers", "centre": "center", "anaemia": "anemia",
-          "haematopoietic": "hematopoietic", "foetal": "fetal", "colour": "color", "tumoural": "tumoral"}
-_IRREGULAR = {"nuclei": "nucleus", "lumina": "lumen", "mitoses": "mitosis", "metastases": "metastasis",
-              "stromata": "stroma", "necroses": "necrosis", "epithelia": "epithelium", "criteria": "criterion"}
-_STOP = {"a", "an", "the", "all", "any", "some", "every", "each", "of", "please", "segment", "segmentation", "show",
-         "find", "highlight", "detect", "outline", "mask", "masks", "me", "image", "picture", "this", "these",
-         "those", "only", "and", "visible", "present"}
-_KEEP_S = ("ss", "us", "is", "os")
-
-
-def _singular(token: str) -> str:
-    if token in _IRREGULAR:
-        return _IRREGULAR[token]
-    if len(token) > 4 and token.endswith("ies"):
-        return token[:-3] + "y"
-    if len(token) > 3 and token.endswith("s") and not token.endswith(_KEEP_S):
-        return token[:-1]
-    return token
-
-
-def normalise(text: str) -> str:
-    """Lower case, punctuation and hyphens to spaces, UK -> US spelling, singular, stop words dropped."""
-    words = re.sub(r"[^a-z0-9]+", " ", str(text).lower()).split()
-    words = [_singular(_UK_US.get(w, w)) for w in words]
-    return " ".join(w for w in words if w not in _STOP)
-
-
-def _wording_variants(key: str) -> list[str]:
-    """The "cells" / "nuclei" wording: a cell type named without "nuclei" means its nuclei."""
-    words = key.split()
-    out = [key]
-    if words and words[-1] == "cell":
-        out += [" ".join(words[:-1] + ["nucleus"]), " ".join(words[:-1] + ["cell", "nucleus"])]
-    elif words and words[-1] != "nucleus":
-        out.append(key + " nucleus")
-    return out
-
-
-@dataclass(frozen=True)
-class PromptResolution:
-    """How one prompt was understood and answered.
-
-    Attributes:
-        prompt: the phrase as given.
-        concept: the ontology concept it names (None: none found).
-        answered_as: the concept the model answers with (None: refused); with ``vocabulary="open"`` the
-            raw prompt.
-        match: how the phrase met ``concept``: ``exact``, ``synonym``, ``normalised``, ``nearest``,
-            ``none`` or ``open``.
-        relation: ``answered_as`` against ``concept``: ``same``, ``broader`` (an ancestor answers),
-            ``narrower`` (a descendant answers), ``nuclei-of`` (a whole-cell concept answered by the
-            nuclei of those cells), ``refused`` or ``open``.
-        similarity: cosine similarity in the text tower's space for ``nearest`` (and the best one found
-            when refused); 1.0 for name and synonym lookups.
-        reason: one sentence for people (empty when answered as itself).
-        suggestions: up to three answerable concepts nearest the phrase (refused prompts).
-    """
-
-    prompt: str
-    concept: str | None
-    answered_as: str | None
-    match: str
-    relation: str
-    similarity: float
-    reason: str = ""
-    suggestions: tuple[str, ...] = ()
-
-    @property
-    def answered(self) -> bool:
-        return self.answered_as is not None
-
-    @property
-    def segmented_as(self) -> str | None:
-        """The concept whose handling the answer gets (working µm/px, instance decoding, size limits):
-        ``answered_as``; with ``vocabulary="open"`` the concept the raw phrase names by name, synonym or
-        normalised lookup (``concept``; None: it names none, and the model's defaults apply)."""
-        return self.concept if self.match == "open" else self.answered_as
-
-    @property
-    def substituted(self) -> bool:
-        """True when the model answers with a concept other than the one the phrase names."""
-        return self.relation in ("broader", "narrower", "nuclei-of")
-
-    @property
-    def label(self) -> str:
-        """Short text for legends: ``"tumour cells -> tumor nuclei"``, ``"zzz (refused)"``."""
-        if not self.answered:
-            return f"{self.prompt} (refused)"
-        if self.answered_as != self.prompt:
-            return f"{self.prompt} -> {self.answered_as}"
-        return self.prompt
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["similarity"] = round(float(self.similarity), 4)
-        d["suggestions"] = list(self.suggestions)
-        return d
-
-
-def check_vocabulary(vocabulary: str) -> None:
-    """ValueError naming the choices when ``vocabulary`` is not one of :data:`VOCABULARY_MODES`."""
-    if vocabulary not in VOCABULARY_MODES:
-        raise ValueError(f"vocabulary={vocabulary!r} unknown. Available: {list(VOCABULARY_MODES)} ('model': prompts "
-                         f"grounded in the ontology and the model's trained concepts; 'open': raw text, unchecked)")
-
-
-def open_resolution(prompt: str, concept: str | None = None) -> PromptResolution:
-    """``vocabulary="open"``: the raw text goes to the text tower, unchecked; ``concept``: the one the phrase
-    names by lookup (its handling is used: :attr:`PromptResolution.segmented_as`)."""
-    handled = f"; segmented as '{concept}' (its working resolution and instances)" if concept else ""
-    return PromptResolution(prompt, concept, prompt, "open", "open", 1.0,
-                            f"vocabulary='open': raw text sent to the text tower, not checked{handled}")
+from .prompt_resolution import (MATCHES, RELATIONS, VOCABULARY_MODES, PromptResolution,  # noqa: F401 (re-exported)
+                                check_vocabulary, geometric, open_resolution)
+from .prompt_text import _wording_variants, normalise  # noqa: F401 (re-exported)
 
 
 @lru_cache(maxsize=1)
-def _lookup_only() -> "PromptResolver":
+def lookup_only() -> "PromptResolver":
     """A resolver of the package ontology without a text tower (name / synonym / normalised lookup only)."""
     return PromptResolver(Ontology.load())
-
-
-def geometric(label: str) -> PromptResolution:
-    """Resolution of a prompt that is only points/boxes (no text to ground)."""
-    return PromptResolution(label, None, label, "none", "same", 1.0, "")
 
 
 @dataclass
@@ -355,24 +232,3 @@ class PromptResolver:
 
     def resolve_all(self, prompts: Sequence[str], vocabulary: str = "model") -> list[PromptResolution]:
         return [self.resolve(p, vocabulary) for p in prompts]
-
-
-def resolver_for(model) -> PromptResolver:
-    """The model's resolver (built once per model and kept on it): the package ontology, the model's text
-    tower and ``config.vocabulary``; the nearest-step threshold is ``config.inference.prompt_similarity``
-    or, when 0, calibrated; the string index is kept under the user cache."""
-    r = model.__dict__.get("_prompt_resolver")
-    if r is None:
-        thr = float(model.config.inference.prompt_similarity) or None
-        r = PromptResolver(Ontology.load(), model.text_encoder.encode, dict(model.config.vocabulary), thr,
-                           index_dir=cache_dir() / "prompt_index")
-        model.__dict__["_prompt_resolver"] = r
-    return r
-
-
-def resolve_prompts(model, prompts: Sequence[str], vocabulary: str = "model") -> list[PromptResolution]:
-    """Resolutions of ``prompts`` for ``model`` (``vocabulary="open"`` needs nothing of the model)."""
-    check_vocabulary(vocabulary)
-    if vocabulary == "open":
-        return _lookup_only().resolve_all(prompts, "open")
-    return resolver_for(model).resolve_all(prompts, vocabulary)

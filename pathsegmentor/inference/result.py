@@ -27,6 +27,8 @@ class SegmentationResult:
         instances: ``int32 [N, H, W]`` instance label maps (0 background, ids 1..K per prompt) for prompts of
             instance concepts (nuclei, cells, glands); all-zero rows for other prompts; None when no prompt
             is an instance concept (or ``instances="none"``).
+        instance_rows: N flags: which prompts were separated into instances (the model's rule,
+            :func:`~.separation.wants_instances`); None: none.
     """
 
     prompts: list[str]
@@ -40,6 +42,7 @@ class SegmentationResult:
     resolutions: list[PromptResolution] = field(default_factory=list)
     instances: np.ndarray | None = None
     mpp_estimate: dict | None = None
+    instance_rows: list[bool] | None = None
 
     @property
     def instance_counts(self) -> list[int | None]:
@@ -50,9 +53,7 @@ class SegmentationResult:
                 for i, m in enumerate(self.instances)]
 
     def _is_instance_row(self, i: int) -> bool:
-        from .separation import wants_instances
-
-        return wants_instances(self.resolutions[i] if self.resolutions else None)
+        return bool(self.instance_rows[i]) if self.instance_rows is not None else False
 
     @property
     def labels(self) -> list[str]:

@@ -37,9 +37,6 @@ CHANNELS = 3
 BORDER_PX = 3.0
 DECODERS = ("hv", "distance", "border", "watershed")
 MAP_DECODERS = ("auto", "hv", "distance", "border")  # the choices that read the separation maps
-# decoder settings in pixels of a concept's working µm/px (``preprocess.structure_mpp``), where segment() decodes
-MIN_AREA_PX = 4
-WATERSHED_H_PX = 1.5
 
 
 def separation_targets(instances: np.ndarray, channels: int = CHANNELS, border_px: float = BORDER_PX) -> np.ndarray:
@@ -156,7 +153,7 @@ def instances_from_border(mask: np.ndarray, border: np.ndarray, *, threshold: fl
 
 
 def decode_instances(mask: np.ndarray, maps: np.ndarray | None, method: str = "auto", *,
-                     min_area: int = MIN_AREA_PX, h: float = WATERSHED_H_PX) -> np.ndarray:
+                     min_area: int = 4, h: float = 1.5) -> np.ndarray:
     """One instance decoder for ``segment()``, whole slides and evaluation.
 
     Args:
@@ -164,8 +161,10 @@ def decode_instances(mask: np.ndarray, maps: np.ndarray | None, method: str = "a
         maps: ``float [3 or 4, H, W]`` activated separation maps (:func:`activate`), or None.
         method: ``"auto"`` (``"border"`` with four maps, ``"hv"`` with three, else ``"watershed"``), ``"hv"``,
             ``"distance"``, ``"border"`` (four maps), ``"watershed"``.
-        min_area: objects under this many px are dropped.
-        h: the ``"watershed"`` decoder's seed height (px, :func:`~.instances.separate_instances`).
+        min_area: objects under this many px are dropped (a model's value: ``inference.instance_min_area_px``,
+            through :func:`instance_decoding`).
+        h: the ``"watershed"`` decoder's seed height (px, :func:`~.instances.separate_instances`;
+            ``inference.instance_watershed_h_px``).
     Returns ``int32 [H, W]`` instance ids, 0 background.
     """
     if method == "auto":
@@ -187,9 +186,6 @@ def decode_instances(mask: np.ndarray, maps: np.ndarray | None, method: str = "a
     return separate_instances(mask, h=h, min_area=min_area)
 
 
-INSTANCE_OBJECT_TYPES = ("nucleus", "cell", "gland")
-
-
 @lru_cache(maxsize=1)
 def _ontology():
     from ..ontology import Ontology
@@ -197,17 +193,18 @@ def _ontology():
     return Ontology.load()
 
 
-def is_instance_concept(concept: str | None) -> bool:
-    """Whether an ontology concept is counted object by object (nuclei, cells, glands)."""
+def is_instance_concept(concept: str | None, settings) -> bool:
+    """Whether an ontology concept is counted object by object: its object type is one of
+    ``settings.instance_object_types`` (:class:`~pathsegmentor.modeling.inference_config.InferenceConfig`)."""
     c = _ontology().categories.get(concept or "")
-    return c is not None and c.object_type in INSTANCE_OBJECT_TYPES
+    return c is not None and c.object_type in tuple(settings.instance_object_types)
 
 
-def wants_instances(resolution: "PromptResolution | None") -> bool:
+def wants_instances(resolution: "PromptResolution | None", settings) -> bool:
     """Whether a prompt's answer is separated into instances: it was answered and the concept it is segmented as
-    (:attr:`~.prompts.PromptResolution.segmented_as`) is counted object by object. The one rule of ``segment()``,
-    whole slides and the viewer."""
-    return resolution is not None and resolution.answered and is_instance_concept(resolution.segmented_as)
+    (:attr:`~.prompts.PromptResolution.segmented_as`) is counted object by object (:func:`is_instance_concept`
+    under the inference ``settings``). The one rule of ``segment()``, whole slides and the viewer."""
+    return resolution is not None and resolution.answered and is_instance_concept(resolution.segmented_as, settings)
 
 
 @dataclass(frozen=True)
@@ -235,19 +232,22 @@ def instance_decoding(model_config, concept: str | None, requested: str = "auto"
     """The instance decoder of one prompt, as ``segment()``, whole slides and the viewer all decide it.
 
     Args:
-        model_config: the model's config (``inference.instances``, ``preprocess``).
+        model_config: the model's config (``inference``: ``instances``, ``instance_min_area_px``,
+            ``instance_watershed_h_px``; ``preprocess``: the working µm/px).
         concept: the concept the prompt is segmented as (sets its working µm/px).
         requested: ``segment(instances=...)``: ``"auto"`` takes the model's ``inference.instances``.
         decode_mpp: µm/px of the mask being decoded; None: the concept's working µm/px (``segment()`` decodes
-            there), so the settings are :data:`MIN_AREA_PX` and :data:`WATERSHED_H_PX`; at another µm/px they
-            are scaled to the same physical size.
+            there), so the settings are the config's working-pixel values; at another µm/px they are scaled to
+            the same physical size.
     """
-    method = str(getattr(model_config.inference, "instances", "auto") or "auto") if requested == "auto" else requested
+    inf = model_config.inference
+    method = str(inf.instances) if requested == "auto" else requested
     if method not in ("auto", *DECODERS):
         raise ValueError(f"instance decoder {method!r} unknown. Available: {['auto', *DECODERS]}; set "
                          f"inference.instances in the model's config.json (or pass instances=... to segment())")
     ratio = 1.0 if decode_mpp is None else working_mpp(model_config.preprocess, concept) / float(decode_mpp)
-    return InstanceDecoding(method, max(1, round(MIN_AREA_PX * ratio * ratio)), WATERSHED_H_PX * ratio)
+    return InstanceDecoding(method, max(1, round(int(inf.instance_min_area_px) * ratio * ratio)),
+                            float(inf.instance_watershed_h_px) * ratio)
 
 
 def working_mpp(preprocess, concept: str | None) -> float:

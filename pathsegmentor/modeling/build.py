@@ -7,7 +7,7 @@ from .config import ModelConfig
 
 
 def build_model(cfg: ModelConfig, model_cls: type):
-    """Instantiate ``model_cls`` (the :class:`~pathsegmentor.modeling.model.PathSegmentor` class, passed in
+    """Instantiate ``model_cls`` (:class:`~pathsegmentor.modeling.model.PathSegmentorNetwork` or a subclass, passed in
     by the caller) with random weights from ``cfg``. A plug-in image-encoder family may bring its own
     subclass (CellSAM's ``dual`` encoder: :class:`~pathsegmentor.cellsam.model.CellSAM`), used instead."""
     from .._compat import ensure_torchvision

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .inference_config import InferenceConfig
+
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # SAM's pixel mean, uint8 scale
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
@@ -107,31 +109,6 @@ class PreprocessConfig:
 
 
 @dataclass
-class InferenceConfig:
-    mask_threshold: float = 0.5
-    presence_threshold: float = 0.5
-    tile_overlap: int = 128
-    # nearest-concept step of prompt resolution: cosine threshold (0: calibrated on the ontology itself)
-    prompt_similarity: float = 0.0
-    # instance decoder for instance concepts: "auto" (the separation maps when the model predicts them, else
-    # "watershed"), "hv" (centre offsets), "distance" (border distance), "watershed" (of the binary mask)
-    instances: str = "auto"
-    # point/box prompts run in one window of this many px (at the working µm/px) centred on them, the size
-    # they were trained at; 0: the whole image when it fits in one input window
-    geometric_window: int = 0
-    # how a point/box prompt is answered: "learned" (the prompt encoder's point/box tokens through the decoder)
-    # or "instances" (the model's text-prompted instance under the point / best filling the box; see
-    # pathsegmentor.inference.geometric_instances)
-    geometric_mode: str = "learned"
-    # with geometric_mode "instances", how a box alone picks its object: "best_instance", "contained_instances",
-    # "component" or "mask" (pathsegmentor.inference.geometric_instances.BOX_RULES)
-    geometric_box: str = "best_instance"
-    # the largest connected part (µm²) a nucleus/cell mask keeps; larger ones are ink, pigment or debris, not
-    # a cluster of nuclei (pathsegmentor.inference.plausibility); 0: no limit
-    max_cell_component_um2: float = 0.0
-
-
-@dataclass
 class ModelConfig:
     name: str = "custom"
     description: str = ""
@@ -148,6 +125,9 @@ class ModelConfig:
     # the concepts the model was trained on: concept -> {sources, train_triples, validation_dice, ...};
     # empty: no record (every ontology concept is answered, e.g. random test models)
     vocabulary: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # where each recorded setting came from, e.g. {"inference.presence_threshold": "calibration: ..."}; written by
+    # python -m pathsegmentor.evaluation.settings; a setting not listed has its default (pathsegmentor info prints it)
+    provenance: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

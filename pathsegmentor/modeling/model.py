@@ -1,53 +1,33 @@
-"""The PathSegmentor model: parts passed in, one image encoding for many prompts.
+"""The PathSegmentor network: parts passed in, one image encoding for many prompts.
 
-Data flow (file names in order): ``image_io`` -> ``image_encoder`` -> ``text_encoder`` ->
-``prompt_adapter`` (+ SAM ``PromptEncoder`` for points/boxes) -> ``mask_decoder`` (hires path,
-presence head) -> ``tiling`` (large inputs) -> :class:`~pathsegmentor.inference.result.SegmentationResult`.
+Data flow (file names in order): ``image_encoder`` -> ``text_encoder`` -> ``prompt_adapter`` (+ SAM
+``PromptEncoder`` for points/boxes) -> ``pixel_decoder`` (dense mode) -> ``mask_decoder`` (hires path or dense
+product, presence head, separation maps). Whole images, tiles, thresholds and instances are the inference layer's
+(:class:`pathsegmentor.inference.predictor.Predictor`), which calls this network and is never called by it.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
 from .image_encoder import ImageFeatures
+from .outputs import EncodedWindow, PathSegOutput, WindowPrediction
+from .window import WindowMixin
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..inference.image_io import ImageInput
-    from ..inference.result import SegmentationResult
-
-
-@dataclass
-class PathSegOutput:
-    """Training-time output. ``mask_logits [B, P, H, W]`` at the input resolution (or the decoder
-    grid with ``full_resolution=False``), ``presence_logits [B, P]``; ``separation [B, P, K, H, W]`` raw
-    separation maps when asked for (else None)."""
-
-    mask_logits: torch.Tensor
-    presence_logits: torch.Tensor
-    separation: torch.Tensor | None = None
+__all__ = ["PathSegmentorNetwork", "PathSegOutput", "EncodedWindow", "WindowPrediction"]
 
 
-@dataclass
-class WindowPrediction:
-    """One window's prediction: ``probs float32 [N, h, w]`` in [0, 1], ``presence float32 [N]``, and
-    ``separation float32 [N, K, h, w]`` activated separation maps (offsets in [-1, 1], distance in
-    [0, 1]) when asked for, else None."""
+class PathSegmentorNetwork(WindowMixin, nn.Module):
+    """The text-prompted segmentation network: tensors (and single windows) in, logits and probabilities out.
 
-    probs: np.ndarray
-    presence: np.ndarray
-    separation: np.ndarray | None = None
-
-
-class PathSegmentor(nn.Module):
-    """Text-prompted segmentation model.
+    It never calls the inference layer. ``segment()`` lives above it: :class:`pathsegmentor.PathSegmentor` is this
+    network with a :class:`~pathsegmentor.inference.predictor.Predictor` attached (as segment-anything keeps
+    ``Sam`` below ``SamPredictor``).
 
     Args:
         image_encoder: module with ``forward_features(pixels [B,3,H,W]) -> ImageFeatures``.
@@ -81,13 +61,13 @@ class PathSegmentor(nn.Module):
         return self.pixel_mean.device
 
     @classmethod
-    def from_pretrained(cls, name_or_dir: str | Path, **kwargs) -> "PathSegmentor":
+    def from_pretrained(cls, name_or_dir: str | Path, **kwargs) -> "PathSegmentorNetwork":
         """Load a registered name, a local dir (``config.json`` + ``model.safetensors``) or a hub id.
         See :mod:`pathsegmentor.modeling.weights` for where weights are looked for, in order. A CellSAM
         name or dir gives a :class:`~pathsegmentor.cellsam.model.CellSAM`."""
         from .weights import load_pretrained
 
-        return load_pretrained(name_or_dir, model_cls=PathSegmentor, **kwargs)
+        return load_pretrained(name_or_dir, model_cls=cls, **kwargs)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         from .weights import save_pretrained
@@ -242,94 +222,3 @@ class PathSegmentor(nn.Module):
                 sep = F.interpolate(sep, size=pixels.shape[-2:], mode="bilinear", align_corners=False)
         sep = sep.view(b, p, *sep.shape[1:]) if sep is not None else None
         return PathSegOutput(logits.view(b, p, *logits.shape[-2:]), presence.view(b, p), sep)
-
-    # ------------------------------------------------------------------ user-facing inference
-    def _window_size(self, h: int, w: int) -> tuple[int, int]:
-        pp = self.config.preprocess
-        if pp.fixed_input:
-            return pp.input_size, pp.input_size
-        d = pp.size_divisor
-        return max(d, math.ceil(h / d) * d), max(d, math.ceil(w / d) * d)
-
-    @torch.no_grad()
-    def predict_window_maps(self, window: np.ndarray, text_emb: torch.Tensor | None, points, boxes,
-                            hires: bool | None, separation: bool = False) -> WindowPrediction:
-        """One window ``uint8 [h, w, 3]`` (h, w <= input_size) at the model's µm/px -> :class:`WindowPrediction`.
-        ``text_emb [N, D]`` from :meth:`encode_text`; ``points`` (coords ``[N, P, 2]`` XY, labels ``[N, P]``)
-        and ``boxes [N, 4]`` XYXY in window pixels, or None. One image encoding serves all N prompts;
-        ``separation`` adds the separation maps (models with a separation head)."""
-        h, w = window.shape[:2]
-        ph, pw = self._window_size(h, w)
-        x = torch.from_numpy(np.ascontiguousarray(window)).to(self.device).permute(2, 0, 1)[None]
-        x = self.normalize(x)
-        x = F.pad(x, (0, pw - w, 0, ph - h))  # bottom-right zero padding after normalisation, as SAM
-        feats = self.encode_image(x)
-        out = self.decode(feats, x, text_embeddings=text_emb, points=points, boxes=boxes, hires=hires,
-                          separation=separation)
-        logits = F.interpolate(out.mask_logits[:, None], size=(ph, pw), mode="bilinear", align_corners=False)
-        probs = torch.sigmoid(logits[:, 0, :h, :w]).float().cpu().numpy()
-        presence = torch.sigmoid(out.presence_logits).float().cpu().numpy()
-        sep = None
-        if separation:
-            raw = F.interpolate(out.separation, size=(ph, pw), mode="bilinear", align_corners=False)[:, :, :h, :w]
-            sep = torch.cat([torch.tanh(raw[:, :2]), torch.sigmoid(raw[:, 2:])], dim=1).float().cpu().numpy()
-        return WindowPrediction(probs, presence, sep)
-
-    @property
-    def has_separation(self) -> bool:
-        """Whether the decoder predicts instance separation maps."""
-        dec = self.mask_decoder
-        if getattr(dec, "dense", False):
-            return getattr(dec, "separation_channels", 0) > 0
-        return getattr(dec, "separation_head", None) is not None
-
-    @torch.no_grad()
-    def predict_window(self, window: np.ndarray, text_emb: torch.Tensor | None, points, boxes,
-                       hires: bool | None) -> tuple[np.ndarray, np.ndarray]:
-        """(probs ``float32 [N, h, w]`` in [0, 1], presence ``float32 [N]``) of one window: see
-        :meth:`predict_window_maps`. The building block of ``segment()`` and of whole-slide inference."""
-        pred = self.predict_window_maps(window, text_emb, points, boxes, hires)
-        return pred.probs, pred.presence
-
-    def segment(self, image: "ImageInput", prompts: str | Sequence[str] | None = None, *,
-                mpp: float | None = None, points: np.ndarray | None = None, point_labels: np.ndarray | None = None,
-                boxes: np.ndarray | None = None, mask_threshold: float | None = None,
-                presence_threshold: float | None = None, hires: bool | None = None,
-                tile_overlap: int | None = None, progress: bool = False,
-                vocabulary: str = "model", instances: str = "auto", tta: bool = False) -> "SegmentationResult":
-        """Segment whatever each prompt names.
-
-        Args:
-            image: path, PIL image, numpy ``HxW``/``HxWxC`` (uint8/uint16/float) or torch ``CxHxW``.
-            prompts: a phrase or a list of N phrases (canonical names or synonyms, e.g. "tumor nuclei").
-            mpp: microns per pixel of ``image``; when given the image is rescaled to each prompt's working
-                mpp (``config.preprocess.structure_mpp``, e.g. nuclei at 0.25) and masks are mapped back to
-                the input size. Without it nothing is rescaled.
-            points: ``[N, P, 2]`` XY in input pixels with ``point_labels [N, P]`` (1 fg, 0 bg).
-            boxes: ``[N, 4]`` (or ``[4]``) XYXY in input pixels. Geometric prompts combine with text
-                (one set per text prompt, or one set broadcast to all) or replace it.
-            mask_threshold / presence_threshold: override the model's defaults (probabilities).
-            hires: switch the high-resolution mask path for this call.
-            tile_overlap: overlap in model pixels between tiles of a large image.
-            vocabulary: ``"model"`` (default): each phrase is grounded in the ontology and answered only
-                for concepts this model was trained on (or their trained parent/sub-concept, said so);
-                other phrases get an empty mask, presence 0 and the reason (``res.resolutions``).
-                ``"open"``: raw text to the text tower, unchecked (research); a phrase that names a concept
-                by name or synonym still gets its working µm/px, instances and size limit
-                (``res.resolutions[i].segmented_as``).
-            instances: instance decoder for nuclei/cell/gland prompts (``res.instances``): ``"auto"`` (the
-                model's separation maps if it predicts them, else a watershed of the mask), ``"hv"``,
-                ``"distance"``, ``"watershed"``, or ``"none"``.
-            tta: average over horizontal and vertical flips (3x the cost).
-
-        Returns:
-            :class:`~pathsegmentor.inference.result.SegmentationResult` with ``masks [N, H, W]`` at the
-            input's full resolution. The work (input decoding, mpp rescaling, tiling and blending) is done
-            by :func:`pathsegmentor.inference.segment.segment_image`, which takes this model as its argument.
-        """
-        from ..inference.segment import segment_image
-
-        return segment_image(self, image, prompts, mpp=mpp, points=points, point_labels=point_labels, boxes=boxes,
-                             mask_threshold=mask_threshold, presence_threshold=presence_threshold, hires=hires,
-                             tile_overlap=tile_overlap, progress=progress, vocabulary=vocabulary,
-                             instances=instances, tta=tta)

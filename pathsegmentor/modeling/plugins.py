@@ -2,7 +2,7 @@
 
 The registry and the image-encoder builder know the built-in types (``sam``, ``timm``); any other
 ``image_encoder.type`` is looked up here. A family registers a builder (``(ImageEncoderConfig,
-img_size) -> nn.Module``) and, if its models need more than :class:`PathSegmentor`, the model class::
+img_size) -> nn.Module``) and, if its models need more than :class:`PathSegmentorNetwork`, the model class::
 
     # my_package/registration.py
     from pathsegmentor.modeling.plugins import register_image_encoder

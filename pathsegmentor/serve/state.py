@@ -19,11 +19,11 @@ class ServerState:
 
     def __init__(self, model: Any, files: FileRegistry, *, mpp: float | None = None,
                  workdir: str | Path | None = None, max_results: int = 32) -> None:
-        from ..inference.prompts import resolver_for
+        from ..inference.predictor import as_predictor
 
         self.model, self.files, self.mpp = model, files, mpp
-        resolver_for(model)  # the prompt resolver, built once for the server's life (kept on the model)
-        self.cache = EmbeddingCache()
+        as_predictor(model).resolver  # the prompt resolver, built once for the server's life (the model's predictor)
+        self.cache = EmbeddingCache(512 << 20)
         self.images: dict[str, OpenedImage] = {}
         self.results: OrderedDict[str, ViewResult] = OrderedDict()
         self.max_results = max_results

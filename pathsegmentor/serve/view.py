@@ -1,10 +1,10 @@
 """Segment a view (or a drawn region) of an opened image at the model's working resolution.
 
 The region, in level-0 pixels, is read from the pyramid level nearest the model's µm/px (not finer
-than needed) and resampled to it, then run through
-:func:`pathsegmentor.inference.segment.segment_image` with the embedding cache
-(:class:`~pathsegmentor.serve.cache.CachedModel`) keyed by ``(file, level, region)``: the same predictor as
-``segment()`` and whole slides (presence gate, instance concepts and decoder, size limit). A
+than needed) and resampled to it, then run through the model's
+:class:`~pathsegmentor.inference.predictor.Predictor` over the server's image-encoding cache (keyed by the window's
+pixels): the same predictor as ``segment()`` and whole slides (presence gate, instance concepts and decoder, size
+limit). A
 :class:`ViewResult` keeps the working pixels, the masks, the instance labels ``segment()`` decoded for instance
 prompts and the mapping back to level 0, for overlays and exports.
 """
@@ -18,9 +18,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..inference.segment import segment_image
+from ..inference.predictor import as_predictor
 from ..slide.geojson import prompt_color
-from .cache import CachedModel, EmbeddingCache
+from .cache import EmbeddingCache
 from .dzi import pick_level
 from .files import ServeError
 from .sources import OpenedImage
@@ -166,11 +166,11 @@ def segment_view(model: Any, cache: EmbeddingCache, image: OpenedImage, result_i
         p = np.asarray(points, np.float32).reshape(-1, 3)
         kwargs["points"] = ((p[:, :2] - [region.x, region.y]) / scale)[None]
         kwargs["point_labels"] = p[:, 2].astype(np.int64)[None]
-    wrapped = CachedModel(model, cache, (image.file.path.as_posix(), level, region))
+    predictor = as_predictor(model).with_cache(cache)  # the model's settings and resolver, the server's cache
     try:
         # read at the finest working µm/px; segment() brings each prompt group to its own from there
-        res = segment_image(wrapped, rgb, list(prompts) or None, mpp=fine if image.reader.mpp is not None else None,
-                            **kwargs)
+        res = predictor.segment(rgb, list(prompts) or None, mpp=fine if image.reader.mpp is not None else None,
+                                **kwargs)
     except ValueError as e:
         raise ServeError(422, str(e)) from None
     t_seg = time.perf_counter()
@@ -180,4 +180,4 @@ def segment_view(model: Any, cache: EmbeddingCache, image: OpenedImage, result_i
     t_inst = time.perf_counter()
     return ViewResult(result_id, image, region, scale, rgb, res, labels,
                       timings={"read_s": t_read - t0, "segment_s": t_seg - t_read, "instances_s": t_inst - t_seg},
-                      cache={"encoded": wrapped.encoded, "reused": wrapped.reused}, note=note)
+                      cache={"encoded": predictor.encoded, "reused": predictor.reused}, note=note)

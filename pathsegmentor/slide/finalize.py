@@ -80,7 +80,7 @@ class _Run:
     tmap: TissueMap
     dtype: str
     mthr: float
-    instances: Any  # infer._InstancePlan
+    instances: Any  # run_plan._InstancePlan
     state: dict[str, Any]
     gj: Any = None
     table: Any = None
@@ -177,7 +177,7 @@ def _write_prompt(run: _Run, p: int, presence_max: float, slug: str):
         if analyzer is not None:
             analyzer.push(r0, mask, next(map_strips) if map_strips is not None else None)
 
-    max_um2 = float(getattr(run.model.config.inference, "max_cell_component_um2", 0.0) or 0.0)
+    max_um2 = float(run.model.settings.max_cell_component_um2)
     max_px = max_um2 / (grid.mpp_x * grid.mpp_y) if run.instances.size_limited[p] else 0.0
     strips = drop_oversized_strips(lambda: run.rows(p), thr, max_px)
     desc = json.dumps({"pathsegmentor": {"prompt": prompt, "dtype": dtype, "model": run.model.name,

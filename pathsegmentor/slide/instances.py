@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..inference.separation import MIN_AREA_PX, WATERSHED_H_PX, InstanceDecoding
+from ..inference.separation import InstanceDecoding
 
 COLUMNS = ["object_id", "prompt", "centroid_x", "centroid_y", "area_um2", "perimeter_um", "eccentricity",
            "solidity", "mean_hematoxylin", "mean_eosin"]
@@ -84,15 +84,18 @@ class InstanceAnalyzer:
         self.prompt, self.g, self.read_rgb = prompt, geometry, read_rgb
         self.next_id, self.on_object, self.want_polygons = next_id, on_object, want_polygons
         self.block = block
-        # the decoder segment() uses for this prompt (inference.separation.instance_decoding); None: a watershed
-        # of the mask with segment()'s settings
-        self.decoding = decoding or InstanceDecoding("watershed", MIN_AREA_PX, WATERSHED_H_PX)
+        # the decoder segment() uses for this prompt (inference.separation.instance_decoding); None: labels are
+        # given (measure() only, e.g. the viewer's export of the instances segment() decoded)
+        self.decoding = decoding
         self.count = 0
         self._look = Lookahead(margin, self._process)
 
     def push(self, r0: int, mask: np.ndarray, maps: np.ndarray | None = None) -> None:
         """A strip of the mask ``bool [n, W]`` and, from a model with a separation head, its separation maps
         ``[n, W, C]`` (centre offsets x, y in [-1, 1], border distance in [0, 1], thick border with C = 4)."""
+        if self.decoding is None:
+            raise ValueError(f"instance analyzer of '{self.prompt}' has no decoder: pass decoding= (measure() only "
+                             "measures given labels)")
         if maps is not None:
             self._look.push(r0, np.concatenate([mask[..., None].astype(maps.dtype), maps], axis=-1))
         else:

@@ -14,6 +14,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..inference.predictor import as_predictor
+
 
 @dataclass
 class PresenceFeatures:
@@ -38,7 +40,7 @@ def capture_presence_inputs(model, image: np.ndarray, prompts: Sequence[str], *,
     hook = model.mask_decoder.presence_head.register_forward_hook(
         lambda _m, inp, out: rows.append((inp[0].detach().float(), torch.sigmoid(out.detach().float().reshape(-1)))))
     try:
-        res = model.segment(image, list(prompts), mpp=mpp, vocabulary="open", instances="none")
+        res = as_predictor(model).segment(image, list(prompts), mpp=mpp, vocabulary="open", instances="none")
     finally:
         hook.remove()
     n = len(prompts)

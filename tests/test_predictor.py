@@ -1,0 +1,67 @@
+"""The one predictor above the network (issue 30): it owns the settings, the resolver and the encoding cache; the
+network never calls it; settings given to a predictor change its answers and nothing else's."""
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from pathsegmentor import InferenceConfig, PathSegmentor, Predictor
+from pathsegmentor.modeling.model import PathSegmentorNetwork
+
+
+def _image(seed: int = 0, side: int = 96) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (side, side, 3), dtype=np.uint8)
+
+
+def test_the_user_class_is_the_network_plus_a_predictor(test_model):
+    assert isinstance(test_model, PathSegmentor) and isinstance(test_model, PathSegmentorNetwork)
+    assert not hasattr(PathSegmentorNetwork, "segment")  # the network has no inference entry point of its own
+    assert test_model.predictor is test_model.predictor and test_model.predictor.network is test_model
+    assert test_model.predictor.settings is test_model.config.inference  # the model's own rules, read live
+    from pathsegmentor.modeling.factory import create_model
+
+    net = create_model("pathsegmentor-test")  # what training builds: the bare network
+    assert type(net) is PathSegmentorNetwork and Predictor(net).segment(_image(), "nuclei").masks.shape == (1, 96, 96)
+
+
+def test_one_encoding_serves_later_calls_on_the_same_pixels_until_the_weights_change():
+    torch.manual_seed(0)
+    from pathsegmentor import create_model
+
+    model = create_model("pathsegmentor-test").eval()
+    pred, img = model.predictor, _image(1)
+    first = model.segment(img, ["nuclei"], vocabulary="open")
+    assert (pred.encoded, pred.reused) == (1, 0)
+    second = model.segment(img, ["gland", "nuclei"], vocabulary="open")
+    assert (pred.encoded, pred.reused) == (1, 1)  # the second call ran only the decoder
+    assert np.allclose(second.probs[1], first.probs[0], atol=1e-5)  # as a fresh encoding answers (2 prompts batched)
+    model.segment(_image(2), ["nuclei"], vocabulary="open")
+    assert pred.encoded == 2  # other pixels: encoded
+    with torch.no_grad():  # a weight changes in place (an optimiser step, load_state_dict): the cache is stale
+        next(model.image_encoder.parameters()).mul_(1.5)
+    after = model.segment(img, ["nuclei"], vocabulary="open")
+    assert pred.encoded == 3 and not np.array_equal(after.probs[0], first.probs[0])
+
+
+def test_settings_given_to_a_predictor_change_its_answers_only(test_model):
+    img = _image(3)
+    base = test_model.segment(img, ["nuclei"], vocabulary="open")
+    loose = Predictor(test_model, settings=replace(test_model.config.inference, presence_threshold=0.0,
+                                                   mask_threshold=0.3))
+    res = loose.segment(img, ["nuclei"], vocabulary="open")
+    assert res.thresholds == {"mask": 0.3, "presence": 0.0} and res.masks[0].sum() >= base.masks[0].sum()
+    assert np.allclose(res.probs, base.probs)  # same network, same probabilities
+    assert test_model.config.inference.presence_threshold == base.thresholds["presence"]  # the model is untouched
+    with pytest.raises(ValueError, match="presence_threshold is 7.0; it must be in"):
+        Predictor(test_model, settings=InferenceConfig(presence_threshold=7.0))
+
+
+def test_a_bad_rule_in_the_model_config_is_named_before_anything_runs(test_model):
+    model = copy.deepcopy(test_model)
+    model.config.inference.geometric_box = "nearest"
+    with pytest.raises(ValueError, match="geometric_box is 'nearest'; available"):
+        model.segment(_image(), "nuclei")
