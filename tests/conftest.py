@@ -43,7 +43,7 @@ def present_test_model(test_model):
     import copy
 
     model = copy.deepcopy(test_model)
-    model.__dict__.pop("_prompt_resolver", None)
+    model.__dict__.pop("_predictor", None)  # a fresh predictor for the copy
     model.config.inference.presence_threshold = 0.0
     return model
 

@@ -65,3 +65,14 @@ def test_a_bad_rule_in_the_model_config_is_named_before_anything_runs(test_model
     model.config.inference.geometric_box = "nearest"
     with pytest.raises(ValueError, match="geometric_box is 'nearest'; available"):
         model.segment(_image(), "nuclei")
+
+
+def test_a_copied_model_has_its_own_predictor_and_a_changed_vocabulary_its_own_resolver(test_model):
+    test_model.segment(_image(), "nuclei")  # the shared model's predictor, resolver and cache exist now
+    model = copy.deepcopy(test_model)  # the cache is not copied (it is a cache), the lock neither
+    assert model.predictor.network is model and model.predictor is not test_model.predictor
+    assert len(model.predictor.cache) == 0 and len(test_model.predictor.cache) > 0
+    model.config.vocabulary = {"nuclei": {"sources": ["test"]}}
+    refused = model.segment(_image(), ["gland"]).resolutions[0]
+    assert not refused.answered and "nuclei" in refused.suggestions  # the resolver follows the new vocabulary
+    assert test_model.segment(_image(), ["gland"]).resolutions[0].answered  # the original still answers it

@@ -159,7 +159,7 @@ def test_slide_outputs_carry_prompt_resolution(slide, tmp_path, present_test_mod
     import copy
 
     model = copy.deepcopy(present_test_model)
-    model.__dict__.pop("_prompt_resolver", None)
+    model.__dict__.pop("_predictor", None)  # a fresh predictor for the copy
     model.config.vocabulary = {"nuclei": {"sources": ["test"]}}
     res = segment_slide(model, slide, ["all nuclei", "lymphocyte nuclei", "stroma"], out=tmp_path / "o",
                         geojson=True, instances=False, progress=False)
@@ -180,7 +180,7 @@ def test_slide_with_only_refused_prompts_is_an_error(slide, tmp_path, test_model
     from pathsegmentor.slide.reader import SlideError
 
     model = copy.deepcopy(test_model)
-    model.__dict__.pop("_prompt_resolver", None)
+    model.__dict__.pop("_predictor", None)  # a fresh predictor for the copy
     model.config.vocabulary = {"nuclei": {}}
     with pytest.raises(SlideError, match="No prompt this model can answer.*stroma"):
         segment_slide(model, slide, ["stroma"], out=tmp_path / "o", progress=False)

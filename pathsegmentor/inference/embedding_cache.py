@@ -61,6 +61,13 @@ class EmbeddingCache:
                 _, (_, old) = self.items.popitem(last=False)
                 self.bytes -= old
 
+    def __getstate__(self) -> dict:
+        """Copies and pickles keep the size, not the entries (they are a cache) nor the lock."""
+        return {"max_bytes": self.max_bytes}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["max_bytes"])
+
     def clear(self) -> None:
         with self._lock:
             self.items.clear()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import weakref
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -49,13 +48,15 @@ class Predictor:
     """
 
     def __init__(self, network: Any, settings: "InferenceConfig | None" = None, *, cache_bytes: int = 256 << 20,
-                 cache: EmbeddingCache | None = None, _resolver: "PromptResolver | None" = None) -> None:
+                 cache: EmbeddingCache | None = None, _resolver: "PromptResolver | None" = None,
+                 _resolver_key: tuple | None = None) -> None:
         if settings is not None:
             settings.check()
         self.network = network
         self._settings = settings
         self.cache = cache if cache is not None else EmbeddingCache(cache_bytes)
         self._resolver = _resolver
+        self._resolver_key = _resolver_key  # (vocabulary concepts, prompt_similarity) the resolver was built for
         self.encoded = self.reused = 0  # windows encoded / answered from the cache by this predictor
 
     # ------------------------------------------------------------------ what the network and its settings are
@@ -85,24 +86,24 @@ class Predictor:
     def with_cache(self, cache: EmbeddingCache | None) -> "Predictor":
         """The same network, settings and prompt resolver over another image-encoding cache (None: no cache)."""
         return Predictor(self.network, self._settings, cache=cache if cache is not None else EmbeddingCache(0),
-                         _resolver=self._resolver or (self.resolver if self._has_text_tower() else None))
+                         _resolver=self._resolver, _resolver_key=self._resolver_key)
 
     # ------------------------------------------------------------------ prompts
-    def _has_text_tower(self) -> bool:
-        return hasattr(self.network, "text_encoder")
-
     @property
     def resolver(self) -> "PromptResolver":
-        """The prompt resolver (built once): the package ontology, the network's text tower and vocabulary, the
-        nearest-step threshold ``settings.prompt_similarity`` (0: calibrated on the ontology)."""
-        if self._resolver is None:
+        """The prompt resolver (built once, and again only if the vocabulary or ``prompt_similarity`` change): the
+        package ontology, the network's text tower and vocabulary, the nearest-step threshold
+        ``settings.prompt_similarity`` (0: calibrated on the ontology)."""
+        key = (tuple(sorted(self.config.vocabulary)), float(self.settings.prompt_similarity))
+        if self._resolver is None or self._resolver_key != key:
             from ..ontology import Ontology
             from ..resources import cache_dir
             from .prompts import PromptResolver
 
-            thr = float(self.settings.prompt_similarity) or None
             self._resolver = PromptResolver(Ontology.load(), self.network.text_encoder.encode,
-                                            dict(self.config.vocabulary), thr, index_dir=cache_dir() / "prompt_index")
+                                            dict(self.config.vocabulary), key[1] or None,
+                                            index_dir=cache_dir() / "prompt_index")
+        self._resolver_key = key
         return self._resolver
 
     def resolve(self, prompts: Sequence[str], vocabulary: str = "model") -> "list[PromptResolution]":
@@ -172,21 +173,19 @@ class Predictor:
         return segment_image(self, image, prompts, **kwargs)
 
 
-_PREDICTORS: "weakref.WeakKeyDictionary[Any, Predictor]" = weakref.WeakKeyDictionary()
-
-
 def as_predictor(model: Any) -> Predictor:
-    """``model`` as a :class:`Predictor`: itself if it is one, else the one predictor kept for that network (built on
-    first use, so its prompt resolver and caches are built once per network)."""
+    """``model`` as a :class:`Predictor`: itself if it is one, else the one predictor kept with that network (built
+    on first use and stored in the network's ``__dict__`` as ``_predictor``, so its prompt resolver and caches are
+    built once per network and go away with it; the network never reads it)."""
     if isinstance(model, Predictor):
         return model
-    try:
-        p = _PREDICTORS.get(model)
-        if p is None:
-            p = _PREDICTORS[model] = Predictor(model)
-        return p
-    except TypeError:  # not weakly referenceable (a stub): a fresh predictor
+    slots = getattr(model, "__dict__", None)
+    if slots is None:  # an object without attributes of its own: a fresh predictor
         return Predictor(model)
+    p = slots.get("_predictor")
+    if p is None or p.network is not model:  # (a shallow copy of a network gets its own)
+        p = slots["_predictor"] = Predictor(model)
+    return p
 
 
 class SegmentMixin:

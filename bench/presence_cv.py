@@ -1,0 +1,148 @@
+"""Presence on new cases, by grouped cross-validation over cases (issue 29, item 6).
+
+    python bench/presence_cv.py --model pathsegmentor-tiny --data runs/pathseg-shared --folds 5 --out runs/presence-cv
+
+Does the presence head say "no tumour" on a Normal biopsy of a patient it never saw? One split (2 Normal validation
+patients, 12 biopsies) is too few to tell, so every case of the corpus (train and validation, grouped by source and
+``patient_id``) is put in ``--folds`` folds, and for each fold:
+
+1. the presence head is refit from the model's head on the other folds' features (``training.presence_refit.refit``:
+   epoch count chosen on a grouped hold-out inside them, cell-balanced BCE, L2 pull to the start weights);
+2. its threshold is calibrated on the other folds (MCC over all their pairs, as ``evaluation.presence`` does);
+3. the held-out fold is scored: "tumor" on each **Normal** EBHI-Seg biopsy is absent when its presence is under the
+   threshold (the mask is empty then: ``segment()`` gates on presence), per view (the corpus' pixel size, and the
+   pixel size unknown), "tumor" on adenocarcinoma biopsies found, and the MCC over every certain pair.
+
+The features (the presence head's inputs, as ``segment(..., vocabulary="open")`` produces them, with the prompts of
+``evaluation.presence.asked_prompts`` and the train list of out-of-pathology phrases) are collected once per split
+and cached in ``--out``. For reference the shipped head at its shipped threshold is scored on the same rows (its
+train-split cases were seen in training: only its validation-case figures are held out). The features themselves
+come from the shipped network, whose transformer trained on the train split's cases: the cross-validation isolates
+the presence head (the part that decides "absent"), not the whole model. Nothing is asserted; the last line is JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def fold_of_groups(groups: list[str], folds: int, seed: int) -> np.ndarray:
+    """``int [N]``: each row's fold; the groups are shuffled and dealt round-robin (every fold gets whole groups)."""
+    uniq = sorted(set(groups))
+    order = np.random.default_rng(seed).permutation(len(uniq))
+    fold = {uniq[j]: k % folds for k, j in enumerate(order)}
+    return np.array([fold[g] for g in groups])
+
+
+def score(presence: np.ndarray, thr: float, feats, rows: np.ndarray) -> dict:
+    """Held-out figures of ``rows`` at threshold ``thr``."""
+    from pathsegmentor.evaluation.presence import confusion_at, mcc, Pair
+
+    src, kind = np.asarray(feats.source), np.asarray(feats.kind)
+    prompt, view = np.asarray(feats.prompt), np.asarray(feats.view)
+    out: dict = {}
+    tumor = rows & (src == "ebhi_seg") & (prompt == "tumor")
+    for v in ("corpus", "none"):
+        neg = tumor & (view == v) & ~feats.y
+        pos = tumor & (view == v) & feats.y
+        out[f"normal_tumor_absent_{v}"] = [int((presence[neg] < thr).sum()), int(neg.sum())]
+        out[f"adenocarcinoma_tumor_found_{v}"] = [int((presence[pos] >= thr).sum()), int(pos.sum())]
+    pairs = [Pair("", s, "", k, bool(t), float(p), False) for s, k, t, p in
+             zip(src[rows], kind[rows], feats.y[rows], presence[rows])]
+    out["mcc"] = round(mcc(**confusion_at(pairs, thr)), 4)
+    return out
+
+
+def add(total: dict, part: dict) -> None:
+    for k, v in part.items():
+        if isinstance(v, list):
+            total[k] = [a + b for a, b in zip(total.get(k, [0, 0]), v)]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="pathsegmentor-tiny")
+    ap.add_argument("--data", default="runs/pathseg-shared")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="runs/presence-cv")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from data_builders import load_pathseg
+    from pathsegmentor import from_pretrained
+    from pathsegmentor.evaluation.presence import Pair, calibrate
+    from pathsegmentor.training.presence_features import (collect_features, concat_features, load_features,
+                                                          save_features)
+    from pathsegmentor.training.presence_refit import RefitConfig, refit
+    from pathsegmentor.training.prompt_sampling import negative_phrases
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    model = from_pretrained(args.model).eval()
+    corpus = None
+    parts = []
+    for split in ("train", "validation"):
+        path = out / f"features-{split}.npz"
+        if not path.is_file():
+            corpus = corpus or load_pathseg(args.data)
+            with torch.no_grad():
+                save_features(path, collect_features(model, corpus, split=split, phrases=negative_phrases()["train"],
+                                                     views_none=["ebhi_seg"]))
+        parts.append((split, load_features(path)))
+    feats = concat_features(parts[0][1], parts[1][1])
+    split_of = np.array([s for s, f in parts for _ in range(len(f.y))])
+    groups = [f"{s}|{g}" for s, g in zip(feats.source, feats.group)]
+    fold = fold_of_groups(groups, args.folds, args.seed)
+    head0 = model.mask_decoder.presence_head
+    shipped_thr = float(model.config.inference.presence_threshold)
+    shipped = np.asarray(feats.presence, np.float32)
+
+    refit_total: dict = {}
+    shipped_total: dict = {}
+    per_fold = []
+    for k in range(args.folds):
+        held, train = fold == k, fold != k
+        sub = type(feats)(feats.x[train], feats.y[train], *[list(np.asarray(getattr(feats, a))[train]) for a in
+                                                              ("source", "kind", "prompt", "group", "view",
+                                                               "presence")])
+        head, report = refit(head0, sub, RefitConfig(seed=args.seed))
+        with torch.no_grad():
+            p = torch.sigmoid(head(torch.from_numpy(feats.x)).squeeze(-1)).numpy()
+        pairs = [Pair("", s, "", kd, bool(t), float(v), False) for s, kd, t, v in
+                 zip(np.asarray(feats.source)[train], np.asarray(feats.kind)[train], feats.y[train], p[train])]
+        thr, train_mcc = calibrate(pairs)
+        row = {"fold": k, "cases": len({g for g, h in zip(groups, held) if h}), "epochs": report["epochs"],
+               "threshold": round(thr, 4), "train_mcc": round(train_mcc, 4), **score(p, thr, feats, held)}
+        per_fold.append(row)
+        add(refit_total, row)
+        add(shipped_total, score(shipped, shipped_thr, feats, held))
+        print(json.dumps(row), flush=True)
+
+    def rate(d: dict) -> dict:
+        return {k: f"{v[0]}/{v[1]} = {v[0] / max(1, v[1]):.3f}" for k, v in d.items()}
+
+    val = split_of == "validation"
+    summary = {"model": args.model, "folds": args.folds, "cases": len(set(groups)), "rows": int(len(feats.y)),
+               "refit_per_fold (held-out cases)": rate(refit_total),
+               "refit_mcc_per_fold": [r["mcc"] for r in per_fold],
+               "shipped_head_all_cases (train cases seen in training)": rate(shipped_total),
+               "shipped_head_validation_cases": rate({k: v for k, v in score(shipped, shipped_thr, feats, val).items()
+                                                      if isinstance(v, list)}),
+               "shipped_threshold": shipped_thr}
+    (out / "presence_cv.json").write_text(json.dumps({"summary": summary, "folds": per_fold}, indent=1))
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
