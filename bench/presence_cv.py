@@ -73,6 +73,8 @@ def main(argv=None) -> int:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sources", nargs="*", default=[],
+                    help="only these sources' images (e.g. ebhi_seg: the diagnosis negatives); default: all")
     ap.add_argument("--out", default="runs/presence-cv")
     args = ap.parse_args(argv)
 
@@ -97,7 +99,7 @@ def main(argv=None) -> int:
             corpus = corpus or load_pathseg(args.data)
             with torch.no_grad():
                 save_features(path, collect_features(model, corpus, split=split, phrases=negative_phrases()["train"],
-                                                     views_none=["ebhi_seg"]))
+                                                     views_none=["ebhi_seg"], sources=args.sources))
         parts.append((split, load_features(path)))
     feats = concat_features(parts[0][1], parts[1][1])
     split_of = np.array([s for s, f in parts for _ in range(len(f.y))])
@@ -132,7 +134,7 @@ def main(argv=None) -> int:
         return {k: f"{v[0]}/{v[1]} = {v[0] / max(1, v[1]):.3f}" for k, v in d.items()}
 
     val = split_of == "validation"
-    summary = {"model": args.model, "folds": args.folds, "cases": len(set(groups)), "rows": int(len(feats.y)),
+    summary = {"model": args.model, "sources": args.sources or "all", "folds": args.folds, "cases": len(set(groups)), "rows": int(len(feats.y)),
                "refit_per_fold (held-out cases)": rate(refit_total),
                "refit_mcc_per_fold": [r["mcc"] for r in per_fold],
                "shipped_head_all_cases (train cases seen in training)": rate(shipped_total),

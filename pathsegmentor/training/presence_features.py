@@ -72,9 +72,10 @@ def with_synonyms(asked: list[tuple[str, str, bool]], ontology, rng: np.random.G
 
 def collect_features(model, corpus, *, split: str = "train", phrases: Sequence[str], views_none: Sequence[str] = (),
                      n_phrases: int = 4, n_organ: int = 3, n_synonyms: int = 0, only_synonyms: bool = False,
-                     per_source: int = 0, seed: int = 0, progress: bool = True) -> PresenceFeatures:
-    """Presence-head inputs for every image of ``split`` (``per_source``: at most N per source, evenly
-    spaced) under the prompts of :func:`~pathsegmentor.evaluation.presence.asked_prompts` (plus
+                     per_source: int = 0, seed: int = 0, progress: bool = True,
+                     sources: Sequence[str] = ()) -> PresenceFeatures:
+    """Presence-head inputs for every image of ``split`` (``sources``: only those sources; ``per_source``: at most
+    N per source, evenly spaced) under the prompts of :func:`~pathsegmentor.evaluation.presence.asked_prompts` (plus
     ``n_synonyms`` synonyms per category, :func:`with_synonyms`; ``only_synonyms``: the synonyms alone, a cheap
     pass to add to an earlier collection)."""
     from tqdm.auto import tqdm
@@ -85,7 +86,8 @@ def collect_features(model, corpus, *, split: str = "train", phrases: Sequence[s
     table = corpus.images[split]
     by: dict[str, list[int]] = {}
     for i in range(len(table)):
-        by.setdefault(table["source"][i], []).append(i)
+        if not sources or table["source"][i] in sources:
+            by.setdefault(table["source"][i], []).append(i)
     idx = sorted(j for v in by.values() for j in
                  (v if not per_source or len(v) <= per_source else
                   [v[int(k)] for k in np.linspace(0, len(v) - 1, per_source)]))
