@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override for the first recipe only (as `pathsegmentor train`), e.g. data.prompts_per_image=3")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(REPO))
     import torch
@@ -134,9 +136,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     data = str(Path(args.data).resolve())
     rows = []
-    for recipe in (args.recipe, args.reference):
+    for k, recipe in enumerate((args.recipe, args.reference)):
         init = [f"model.init_from={Path(args.init).resolve()}"] if args.init else []
-        rows.append(measure(recipe, [f"data.corpus={data}", *init], args.steps, args.warmup))
+        rows.append(measure(recipe, [f"data.corpus={data}", *init, *(args.set if k == 0 else [])], args.steps,
+                            args.warmup))
     print(f"{'recipe':<28} {'crops/s':>8} {'setup s':>8}  " + " ".join(f"{s:>10}" for s in STAGES))
     for r in rows:
         tot = r["total_s"]
@@ -144,7 +147,8 @@ def main(argv: list[str] | None = None) -> None:
               + " ".join(f"{100 * r['stages'][s] / tot:9.1f}%" for s in STAGES))
     new, ref = rows
     print(f"crop {new['crop']}, batch {new['batch']}, prompts/crop {new['prompts']} vs {ref['prompts']}, "
-          f"{args.steps} timed steps, {torch.get_num_threads()} threads")
+          f"{args.steps} timed steps, {torch.get_num_threads()} threads"
+          + (f"; first recipe with {args.set}" if args.set else ""))
     for r in rows:  # a whole run of the recipe: its steps x batch crops plus a one-off embedding-cache build
         if r["cache_build_s"] > 0:
             eff = r["run_crops"] / (r["run_crops"] / r["crops_per_s"] + r["cache_build_s"])
