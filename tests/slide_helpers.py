@@ -35,7 +35,7 @@ class DarkStub:
     def __init__(self, mpp: float = 0.5, size: int = 128, overlap: int = 32) -> None:
         from pathsegmentor.modeling.inference_config import InferenceConfig
 
-        self.config = SimpleNamespace(preprocess=SimpleNamespace(mpp=mpp, input_size=size),
+        self.config = SimpleNamespace(preprocess=SimpleNamespace(mpp=mpp, input_size=size, structure_mpp={}),
                                       inference=InferenceConfig(tile_overlap=overlap),
                                       to_dict=lambda: {"stub": [mpp, size, overlap]})
         self.calls = 0

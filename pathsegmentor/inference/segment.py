@@ -187,7 +187,7 @@ def _groups(predictor, resolutions, text: bool, mpp: float | None, boxes=None) -
     larger boxes at the model's ``mpp``."""
     pp = predictor.config.preprocess
     rows = [i for i, r in enumerate(resolutions) if r.answered]
-    table = getattr(pp, "structure_mpp", None) or {}
+    table = pp.structure_mpp
     if mpp is not None and not text and table and rows:
         fine = float(min([pp.mpp, *table.values()]))
         side_um = 0.0 if boxes is None else float(np.max(np.concatenate(

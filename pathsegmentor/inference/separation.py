@@ -252,7 +252,7 @@ def instance_decoding(model_config, concept: str | None, requested: str = "auto"
 
 def working_mpp(preprocess, concept: str | None) -> float:
     """The µm/px a concept is segmented at: ``preprocess.structure_mpp[structure]``, else ``preprocess.mpp``."""
-    table = getattr(preprocess, "structure_mpp", None) or {}
+    table = preprocess.structure_mpp
     c = _ontology().categories.get(concept or "")
     return float(table.get(c.structure, preprocess.mpp)) if c is not None else float(preprocess.mpp)
 

@@ -155,7 +155,7 @@ def segment_view(model: Any, cache: EmbeddingCache, image: OpenedImage, result_i
     ``[x, y, label]``) at the model's working resolution."""
     t0 = time.perf_counter()
     pp = model.config.preprocess
-    fine = float(min([pp.mpp, *(getattr(pp, "structure_mpp", None) or {}).values()]))  # e.g. nuclei at 0.25
+    fine = float(min([pp.mpp, *pp.structure_mpp.values()]))  # e.g. nuclei at 0.25
     rgb, scale, level, note = _working(image, fine, region)
     t_read = time.perf_counter()
     kwargs: dict[str, Any] = {}
