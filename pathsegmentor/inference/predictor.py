@@ -121,14 +121,13 @@ class Predictor:
 
     # ------------------------------------------------------------------ windows
     def _encoding_state(self) -> tuple:
-        """What an image encoding depends on besides the pixels: the weights (a sum of in-place version counters,
-        which changes with every optimiser step or ``load_state_dict``), train/eval mode, and an encoder mode
-        (CellSAM's teacher / student / fused)."""
+        """What an image encoding depends on besides the pixels: the weights (their identities and a sum of their
+        in-place version counters, which changes with every optimiser step or ``load_state_dict``), the device,
+        train/eval mode, and an encoder mode (CellSAM's teacher / student / fused)."""
         net = self.network
-        params = getattr(net, "parameters", None)
-        version = sum(p._version for p in params()) if callable(params) else 0
-        return (version, bool(getattr(net, "training", False)),
-                str(getattr(getattr(net, "image_encoder", None), "mode", "")))
+        params = list(net.parameters()) if callable(getattr(net, "parameters", None)) else []
+        return (sum(p._version for p in params), sum(id(p) for p in params), str(self.device),
+                bool(getattr(net, "training", False)), str(getattr(getattr(net, "image_encoder", None), "mode", "")))
 
     def encode_window(self, window: np.ndarray):
         """The network's ``encode_window(window)``, answered from the cache for the same pixels and weights."""
