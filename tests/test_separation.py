@@ -343,3 +343,28 @@ def test_separation_loss_without_instance_rows_is_zero():
     loss = separation_loss(raw, t, rows, objects, torch.ones(2, 3, 8, 8, dtype=torch.bool))
     loss.backward()
     assert float(loss) > 0 and raw.grad[0, 1].abs().sum() > 0 and raw.grad[1].abs().sum() == 0
+
+
+def test_native_views_cut_a_sources_images_at_their_own_pixels(instance_corpus, monkeypatch):
+    """data.native_prob: crops of the named sources at the image's own pixels (what segment(mpp=None) reads), the
+    others at the working µm/px; 0 draws nothing."""
+    from pathsegmentor.training import data as data_mod
+
+    scales = []
+    real = data_mod.random_scaled_crop
+    monkeypatch.setattr(data_mod, "random_scaled_crop", lambda *a, **k: scales.append(k["scale"]) or real(*a, **k))
+
+    def crops(source: str, **cfg):
+        ds = _crops(instance_corpus, scale_jitter=0.0, **cfg)
+        sample = ds._sample
+        ds._sample = lambda i: {**sample(i), "mpp": 1.0, "source": source}  # 1 µm/px; the model works at 0.5
+        scales.clear()
+        for pos in range(6):
+            ds.view(pos, 0)
+        return list(scales)
+
+    assert crops("ebhi_seg") == [2.0] * 6  # scaled to the working µm/px
+    assert crops("ebhi_seg", native_prob=1.0, native_sources=["ebhi_seg"]) == [1.0] * 6
+    assert crops("glas", native_prob=1.0, native_sources=["ebhi_seg"]) == [2.0] * 6
+    half = crops("ebhi_seg", native_prob=0.5, native_sources=["ebhi_seg"])
+    assert set(half) <= {1.0, 2.0}

@@ -37,7 +37,9 @@ class DataConfig:
     which every prompt is absent. ``geometric_per_image``: of the P prompts, how many are geometric
     (``geometric_kinds``: box / point alone, or text with a box), drawn from instance ground truth.
     ``separation``: also return the separation-map targets of instance labels (models with a separation
-    head).
+    head). ``native_prob``: chance that a crop of an image of ``native_sources`` is cut at the image's own pixels
+    instead of the working µm/px (scale jitter kept): what ``segment()`` sees when a user does not know the pixel
+    size (``mpp=None``: nothing rescaled). 0 (default) draws nothing, so other recipes' crops are unchanged.
     """
 
     corpus: str = ""
@@ -61,6 +63,8 @@ class DataConfig:
     separation: bool = False
     num_workers: int = 0
     cache_decoded: bool = True  # keep decoded corpus samples in memory (small corpora; saves PNG decoding)
+    native_prob: float = 0.0
+    native_sources: list[str] = field(default_factory=list)
 
 
 def load_synonyms(corpus_dir: str | Path) -> dict[str, list[str]]:
@@ -154,6 +158,9 @@ class PromptedCrops(Dataset):
         masks += [np.asarray(inst_src[lb], dtype=np.int32) for lb in inst_labels]
         mpp = float(s.get("mpp") or self.model_mpp)
         scale = mpp / self.working_mpp(labels) * log_uniform_jitter(rng, self.cfg.scale_jitter)
+        if self.cfg.native_prob > 0 and s.get("source") in self.cfg.native_sources and \
+                np.random.default_rng([self.seed, int(position), 4]).random() < self.cfg.native_prob:
+            scale /= mpp / self.working_mpp(labels)  # the image's own pixels, as segment(mpp=None) reads them
         img, ms = random_scaled_crop(s["image"], masks, crop=self.cfg.crop, scale=scale, rng=rng)
         arrays = flip_rotate([img] + ms, rng)
         img, ms = arrays[0], arrays[1:]
