@@ -53,7 +53,11 @@ def main(argv=None) -> int:
     ap.add_argument("--every", type=int, default=1, help="score every n-th kept checkpoint")
     ap.add_argument("--limit", type=int, default=0, help="validation images per source (0: all)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--plot-only", action="store_true",
+                    help="no scoring: redraw RUN/learning_curve.png from RUN/learning_curve.csv beside --baseline")
     args = ap.parse_args(argv)
+    if args.plot_only:
+        return _plot_only(Path(args.run), args.baseline)
 
     import torch
     import yaml
@@ -96,6 +100,16 @@ def main(argv=None) -> int:
         w.writeheader()
         w.writerows(rows)
     base = json.loads(Path(args.baseline).read_text()).get("curve", []) if args.baseline else []
+    _plot(rows, base, run / "learning_curve.png")
+    print(json.dumps({"run": str(run), "curve": rows, "baseline_curve": base}))
+    return 0
+
+
+def _plot_only(run: Path, baseline: str) -> int:
+    """Redraw the curve of an earlier scoring (``RUN/learning_curve.csv``) beside a (new) baseline curve."""
+    with open(run / "learning_curve.csv", newline="") as f:
+        rows = [{k: (float(v) if v not in ("", "None") else None) for k, v in r.items()} for r in csv.DictReader(f)]
+    base = json.loads(Path(baseline).read_text()).get("curve", []) if baseline else []
     _plot(rows, base, run / "learning_curve.png")
     print(json.dumps({"run": str(run), "curve": rows, "baseline_curve": base}))
     return 0
