@@ -168,11 +168,35 @@ def _resize(a: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.n
     return np.asarray(Image.fromarray(a).resize(size[::-1], mode))
 
 
-def evaluate(net, corpus, working_mpp, sources=(), tta=True, model=None, limit=0):
+def decode(prob: np.ndarray, border: np.ndarray, decoder: str = "argmax") -> np.ndarray:
+    """The U-Net's instances ``int32 [H, W]`` from its object and border probabilities ``float32 [H, W]``.
+
+    ``argmax`` (the usual three-class reading): markers are the connected pixels whose most likely class is the
+    interior, grown by a watershed on the interior probability over the object mask (``prob > 0.5``). ``border``: the
+    model's own thick-border decoder (markers where the border probability is under 0.5); on a softmax border it
+    splits objects into many fragments (the U-Net's first runs, whose learning curve used it)."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    from pathsegmentor.inference.instances import drop_small
+    from pathsegmentor.inference.separation import instances_from_border
+
+    mask = prob > 0.5
+    if decoder == "border":
+        return instances_from_border(mask, border)
+    if decoder != "argmax":
+        raise ValueError(f"unknown U-Net decoder {decoder!r}; choose 'argmax' or 'border'")
+    interior = prob - border
+    markers = ndi.label(mask & (interior > border) & (interior > 1.0 - prob))[0]
+    labels = watershed(-interior, markers, mask=mask).astype(np.int32)
+    return drop_small(labels, 4)
+
+
+def evaluate(net, corpus, working_mpp, sources=(), tta=True, model=None, limit=0, decoder="argmax"):
     """Per (source, method) rows on the validation split (``limit`` images per source, 0: all); ``model`` adds its
-    ``segment()`` beside the U-Net on the same images."""
+    ``segment()`` beside the U-Net on the same images; ``decoder``: :func:`decode`'s."""
     from pathsegmentor.evaluation.metrics import confusion
-    from pathsegmentor.inference.separation import instances_from_border, resize_labels
+    from pathsegmentor.inference.separation import resize_labels
 
     net.eval()
     counts: dict[tuple[str, str], list] = defaultdict(list)
@@ -182,12 +206,47 @@ def evaluate(net, corpus, working_mpp, sources=(), tta=True, model=None, limit=0
         scale = float(s["mpp"]) / working_mpp[label]
         size = (max(16, round(H * scale)), max(16, round(W * scale)))
         prob, border = predict(net, _resize(s["image"], size), HEADS.index(label), tta=tta)
-        inst = resize_labels(instances_from_border(prob > 0.5, border), (H, W))
+        inst = resize_labels(decode(prob, border, decoder), (H, W))
         counts[(src, "unet")].append((confusion(inst > 0, gt), gt_inst, inst))
     if model is not None:
         model_counts(model, items, tta=tta, counts=counts)
     net.train()
     return score_rows(counts)
+
+
+def train(net, crops, corpus, working_mpp, args, out: Path) -> tuple[int, float, list[dict]]:
+    """Adam with a cosine rate over ``args.steps`` steps or ``args.minutes``; a learning-curve point (validation,
+    no flips) every ``args.curve_every`` steps, written to ``out/baseline_curve.json`` as it goes.
+    Returns (steps, training seconds, curve)."""
+    import torch
+
+    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
+    budget = args.minutes * 60.0
+    curve, step, trained_s = [], 0, 0.0
+    n_params = sum(p.numel() for p in net.parameters())
+    print(f"U-Net: {n_params / 1e6:.2f} M parameters; crops {crops.crop}, batch {args.batch}; "
+          f"{'%d steps' % args.steps if args.steps else '%.0f min' % args.minutes}", flush=True)
+    while (step < args.steps) if args.steps else (trained_s < budget):
+        t0 = time.perf_counter()
+        frac = step / args.steps if args.steps else trained_s / budget
+        for g in opt.param_groups:
+            g["lr"] = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+        x, t, heads = crops.batch(args.batch)
+        loss = loss_fn(net(normalise(x)), t, heads)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        trained_s += time.perf_counter() - t0
+        if step % 50 == 0:
+            print(f"step {step}  loss {float(loss):.4f}  {step * args.batch / trained_s:.2f} crops/s", flush=True)
+        if args.curve_every and step % args.curve_every == 0:
+            rows = evaluate(net, corpus, working_mpp, sources=("monuseg", "glas"), tta=False, decoder=args.decoder)
+            curve.append({"step": step, "crops": step * args.batch, "train_s": round(trained_s, 1),
+                          **{f"{r['source']}_{k}": r.get(k) for r in rows for k in ("dice", "aji")}})
+            print(json.dumps(curve[-1]), flush=True)
+            (out / "baseline_curve.json").write_text(json.dumps({"curve": curve}, indent=1))  # kept if stopped later
+    return step, trained_s, curve
 
 
 def main(argv=None) -> int:
@@ -203,6 +262,11 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="", help="also score this model's segment() on the same images")
     ap.add_argument("--no-tta", action="store_true")
     ap.add_argument("--limit", type=int, default=0, help="validation images per source in the final scoring (0: all)")
+    ap.add_argument("--decoder", default="argmax", choices=["argmax", "border"],
+                    help="how the U-Net's three classes become instances (see decode())")
+    ap.add_argument("--weights", default="",
+                    help="score this trained U-Net (a run's unet.pt) instead of training; its run's steps, time and "
+                         "learning curve are kept from the baseline_unet.json beside it")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(REPO / "runs" / "baseline-unet"))
@@ -221,42 +285,26 @@ def main(argv=None) -> int:
     working_mpp = {"nuclei": crops.ds.structure_mpp.get("cell", crops.ds.model_mpp), "gland": crops.ds.model_mpp}
     net = build_unet()
     n_params = sum(p.numel() for p in net.parameters())
-    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
-    budget = args.minutes * 60.0
-    curve, step, trained_s = [], 0, 0.0
-    print(f"U-Net: {n_params / 1e6:.2f} M parameters; crops {crops.crop}, batch {args.batch}; "
-          f"{'%d steps' % args.steps if args.steps else '%.0f min' % args.minutes}", flush=True)
-    while (step < args.steps) if args.steps else (trained_s < budget):
-        t0 = time.perf_counter()
-        frac = step / args.steps if args.steps else trained_s / budget
-        for g in opt.param_groups:
-            g["lr"] = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
-        x, t, heads = crops.batch(args.batch)
-        loss = loss_fn(net(normalise(x)), t, heads)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        trained_s += time.perf_counter() - t0
-        if step % 50 == 0:
-            print(f"step {step}  loss {float(loss):.4f}  {step * args.batch / trained_s:.2f} crops/s", flush=True)
-        if args.curve_every and step % args.curve_every == 0:
-            rows = evaluate(net, corpus, working_mpp, sources=("monuseg", "glas"), tta=False)
-            curve.append({"step": step, "crops": step * args.batch, "train_s": round(trained_s, 1),
-                          **{f"{r['source']}_{k}": r.get(k) for r in rows for k in ("dice", "aji")}})
-            print(json.dumps(curve[-1]), flush=True)
-            (out / "baseline_curve.json").write_text(json.dumps({"curve": curve}, indent=1))  # kept if stopped later
-    torch.save(net.state_dict(), out / "unet.pt")
+    if args.weights:  # score a trained U-Net: its run's record (steps, time, curve) is carried over
+        net.load_state_dict(torch.load(args.weights, map_location="cpu"))
+        record = json.loads((Path(args.weights).parent / "baseline_unet.json").read_text())
+        step, trained_s, curve = record["steps"], record["train_s"], record["curve"]
+        curve_decoder = record.get("curve_decoder", record.get("decoder", "border"))  # first runs: 'border'
+    else:
+        curve_decoder = args.decoder
+        step, trained_s, curve = train(net, crops, corpus, working_mpp, args, out)
+        torch.save(net.state_dict(), out / "unet.pt")
     model = None
     if args.model:
         from pathsegmentor import PathSegmentor
 
         model = PathSegmentor.from_pretrained(args.model).eval()
-    rows = evaluate(net, corpus, working_mpp, tta=not args.no_tta, model=model, limit=args.limit)
+    rows = evaluate(net, corpus, working_mpp, tta=not args.no_tta, model=model, limit=args.limit,
+                    decoder=args.decoder)
     print_table(rows)
     summary = {"params_m": round(n_params / 1e6, 3), "steps": step, "crops": step * args.batch,
                "train_s": round(trained_s, 1), "crops_per_s": round(step * args.batch / trained_s, 3),
-               "tta": not args.no_tta, "rows": rows, "curve": curve}
+               "tta": not args.no_tta, "decoder": args.decoder, "curve_decoder": curve_decoder, "rows": rows, "curve": curve}
     (out / "baseline_unet.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary))
     return 0

@@ -368,3 +368,29 @@ def test_native_views_cut_a_sources_images_at_their_own_pixels(instance_corpus, 
     assert crops("glas", native_prob=1.0, native_sources=["ebhi_seg"]) == [2.0] * 6
     half = crops("ebhi_seg", native_prob=0.5, native_sources=["ebhi_seg"])
     assert set(half) <= {1.0, 2.0}
+
+
+def test_baseline_unet_three_class_decoders_on_touching_discs():
+    """bench/baseline_unet.py's decoders on ideal softmax outputs of two touching discs: the usual argmax reading
+    finds the two; the border decoder too on clean maps (its trouble is noisy soft borders, not this case)."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "baseline_unet.py"
+    spec = importlib.util.spec_from_file_location("baseline_unet_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    inst = _discs((32, 30, 14), (32, 55, 14))
+    classes = bench.three_class(inst > 0, inst)  # 0 background, 1 interior, 2 thick border
+    assert set(np.unique(classes)) == {0, 1, 2}
+    prob = (classes > 0).astype(np.float32)
+    border = (classes == 2).astype(np.float32)
+    for decoder in ("argmax", "border"):
+        lab = bench.decode(prob, border, decoder)
+        assert lab.max() == 2, decoder
+        for k in (1, 2):
+            ids, counts = np.unique(lab[inst == k], return_counts=True)
+            assert counts.max() / counts.sum() > 0.9, (decoder, k)
+    with pytest.raises(ValueError, match="argmax"):
+        bench.decode(prob, border, "nope")
