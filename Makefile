@@ -1,9 +1,11 @@
-# Reproduce the shipped pathsegmentor-tiny v4 from ../shared/data (2 CPU cores: about an hour of training).
-# v4 (dense pixel decoder, configs/train/tiny-v4-cpu.yaml) starts from v3, the weights of commit $(V3_COMMIT) extracted
-# from git history by `v3-weights`; v3 continued v2 (commit $(V2_COMMIT), `v2-weights`, `make train-tiny-v3`), v2 was
+# Reproduce the shipped pathsegmentor-tiny v5 from ../shared/data (2 CPU cores: about an hour of training).
+# v5 (configs/train/tiny-v5-cpu.yaml) continues v4, the weights of commit $(V4_COMMIT) extracted from git history by
+# `v4-weights`; v4 (dense pixel decoder, configs/train/tiny-v4-cpu.yaml, `make train-tiny-v4`) started from v3, the
+# weights of commit $(V3_COMMIT) (`v3-weights`); v3 continued v2 (commit $(V2_COMMIT), `v2-weights`, `make train-tiny-v3`), v2 was
 # fine-tuned from v1 (commit $(V1_COMMIT), `v1-weights`, `make train-tiny-v2`).
 CORPUS ?= runs/pathseg-shared
-RUN ?= runs/tiny-v4
+RUN ?= runs/tiny-v5
+V4RUN ?= runs/tiny-v4
 MODEL ?= $(RUN)/model
 V1 ?= runs/tiny-v1
 V1_COMMIT ?= 4e248bd
@@ -11,12 +13,14 @@ V2 ?= runs/tiny-v2-weights
 V2_COMMIT ?= a1338fc
 V3 ?= runs/tiny-v3-weights
 V3_COMMIT ?= 51d88f9
+V4 ?= runs/tiny-v4-weights
+V4_COMMIT ?= 36f8c0e
 WEIGHTS = pathsegmentor/weights/pathsegmentor-tiny
 
-.PHONY: ablate-tiny retrain-tiny corpus v1-weights v2-weights v3-weights train-tiny train-tiny-v3 train-tiny-v2 \
+.PHONY: ablate-tiny retrain-tiny corpus v1-weights v2-weights v3-weights v4-weights train-tiny train-tiny-v4 train-tiny-v3 train-tiny-v2 \
   settings-tiny refit-presence calibrate-tiny eval-tiny bench-tiny baseline-unet train-tiny-v1 test
 
-retrain-tiny: corpus v3-weights train-tiny calibrate-tiny settings-tiny eval-tiny
+retrain-tiny: corpus v4-weights train-tiny calibrate-tiny settings-tiny eval-tiny
 
 corpus:
 	pathseg-build --config configs/data/shared.yaml --out $(CORPUS)
@@ -36,19 +40,29 @@ v3-weights:
 	git show $(V3_COMMIT):$(WEIGHTS)/model.safetensors > $(V3)/model.safetensors
 	git show $(V3_COMMIT):$(WEIGHTS)/config.json > $(V3)/config.json
 
-# two legs, as the shipped run: steps 0-1000 under a 4500-step schedule (train.stop_after ends the leg right after its
-# checkpoint), then resumed exactly to the recipe's 3500 steps
-train-tiny:
-	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v4-cpu.yaml output_dir=$(RUN) \
+v4-weights:
+	mkdir -p $(V4)
+	git show $(V4_COMMIT):$(WEIGHTS)/model.safetensors > $(V4)/model.safetensors
+	git show $(V4_COMMIT):$(WEIGHTS)/config.json > $(V4)/config.json
+
+# v5: one leg of 4500 steps from v4 (55 minutes on 2 cores)
+train-tiny: v4-weights
+	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v5-cpu.yaml output_dir=$(RUN) \
+	  data.corpus=$(abspath $(CORPUS)) model.init_from=$(abspath $(V4))
+
+# v4: two legs, as the shipped run: steps 0-1000 under a 4500-step schedule (train.stop_after ends the leg right after
+# its checkpoint), then resumed exactly to the recipe's 3500 steps
+train-tiny-v4: v3-weights
+	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v4-cpu.yaml output_dir=$(V4RUN) \
 	  data.corpus=$(abspath $(CORPUS)) model.init_from=$(abspath $(V3)) train.steps=4500 train.stop_after=1000
-	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v4-cpu.yaml output_dir=$(RUN) \
+	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v4-cpu.yaml output_dir=$(V4RUN) \
 	  data.corpus=$(abspath $(CORPUS)) model.init_from=$(abspath $(V3)) --resume
 
-# the trained model's whole inference section, rebuilt from the recipe's decisions (configs/inference/tiny-v4.yaml, each
+# the trained model's whole inference section, rebuilt from the recipe's decisions (configs/inference/tiny-v5.yaml, each
 # commented) and the calibration below, with each value's source in config.json's provenance (tests/test_settings.py
 # rebuilds the shipped section this way and compares)
 settings-tiny:
-	python -m pathsegmentor.evaluation.settings $(MODEL) configs/inference/tiny-v4.yaml \
+	python -m pathsegmentor.evaluation.settings $(MODEL) configs/inference/tiny-v5.yaml \
 	  --calibration $(MODEL)/presence_calibration_train.json
 
 # v3: two legs from v2 (0-600 with one exhaustive-absent negative per crop, then resumed with two), presence refit

@@ -12,16 +12,7 @@ import torch
 from pathsegmentor.inference.instances import separate_instances
 from pathsegmentor.inference.separation import decode_instances, resize_labels, separation_targets
 
-YY, XX = np.mgrid[:64, :96]
-
-
-def _discs(*discs: tuple[int, int, int]) -> np.ndarray:
-    """Instance map of discs (cy, cx, r); a later disc does not overwrite an earlier one."""
-    inst = np.zeros((64, 96), np.int32)
-    for k, (cy, cx, r) in enumerate(discs, start=1):
-        d = (YY - cy) ** 2 + (XX - cx) ** 2 <= r * r
-        inst[d & (inst == 0)] = k
-    return inst
+from shapes import discs as _discs  # tests/shapes.py
 
 
 def test_targets_ranges_and_centres():
@@ -368,29 +359,3 @@ def test_native_views_cut_a_sources_images_at_their_own_pixels(instance_corpus, 
     assert crops("glas", native_prob=1.0, native_sources=["ebhi_seg"]) == [2.0] * 6
     half = crops("ebhi_seg", native_prob=0.5, native_sources=["ebhi_seg"])
     assert set(half) <= {1.0, 2.0}
-
-
-def test_baseline_unet_three_class_decoders_on_touching_discs():
-    """bench/baseline_unet.py's decoders on ideal softmax outputs of two touching discs: the usual argmax reading
-    finds the two; the border decoder too on clean maps (its trouble is noisy soft borders, not this case)."""
-    import importlib.util
-    import sys
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "baseline_unet.py"
-    spec = importlib.util.spec_from_file_location("baseline_unet_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
-    spec.loader.exec_module(bench)
-    inst = _discs((32, 30, 14), (32, 55, 14))
-    classes = bench.three_class(inst > 0, inst)  # 0 background, 1 interior, 2 thick border
-    assert set(np.unique(classes)) == {0, 1, 2}
-    prob = (classes > 0).astype(np.float32)
-    border = (classes == 2).astype(np.float32)
-    for decoder in ("argmax", "border"):
-        lab = bench.decode(prob, border, decoder)
-        assert lab.max() == 2, decoder
-        for k in (1, 2):
-            ids, counts = np.unique(lab[inst == k], return_counts=True)
-            assert counts.max() / counts.sum() > 0.9, (decoder, k)
-    with pytest.raises(ValueError, match="argmax"):
-        bench.decode(prob, border, "nope")

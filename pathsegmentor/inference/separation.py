@@ -153,7 +153,7 @@ def instances_from_border(mask: np.ndarray, border: np.ndarray, *, threshold: fl
 
 
 def decode_instances(mask: np.ndarray, maps: np.ndarray | None, method: str = "auto", *,
-                     min_area: int = 4, h: float = 1.5) -> np.ndarray:
+                     min_area: int = 4, h: float = 1.5, core: float = 0.45) -> np.ndarray:
     """One instance decoder for ``segment()``, whole slides and evaluation.
 
     Args:
@@ -177,7 +177,7 @@ def decode_instances(mask: np.ndarray, maps: np.ndarray | None, method: str = "a
     if method == "hv":
         return instances_from_hv(mask, maps[:2], min_area=min_area)
     if method == "distance":
-        return instances_from_distance(mask, maps[2], min_area=min_area)
+        return instances_from_distance(mask, maps[2], core=core, min_area=min_area)
     if method == "border":
         if len(maps) < 4:
             raise ValueError("instance decoder 'border' needs the thick-border map (a model with "
@@ -210,11 +210,13 @@ def wants_instances(resolution: "PromptResolution | None", settings) -> bool:
 @dataclass(frozen=True)
 class InstanceDecoding:
     """How one prompt's mask becomes instances: the decoder ``method`` (:func:`decode_instances`' choices),
-    ``min_area`` (px) and the watershed seed height ``h`` (px), both at the resolution the mask is decoded at."""
+    ``min_area`` (px) and the watershed seed height ``h`` (px), both at the resolution the mask is decoded at, and the
+    ``"distance"`` decoder's ``core`` threshold."""
 
     method: str
     min_area: int
     h: float
+    core: float = 0.45
 
     @property
     def reads_maps(self) -> bool:
@@ -224,7 +226,7 @@ class InstanceDecoding:
     def decode(self, mask: np.ndarray, maps: np.ndarray | None) -> np.ndarray:
         """``bool [H, W]`` mask (+ ``float [C, H, W]`` activated maps, or None) -> ``int32 [H, W]`` instance ids."""
         return decode_instances(mask, maps if self.reads_maps else None, self.method, min_area=self.min_area,
-                                h=self.h)
+                                h=self.h, core=self.core)
 
 
 def instance_decoding(model_config, concept: str | None, requested: str = "auto",
@@ -233,7 +235,7 @@ def instance_decoding(model_config, concept: str | None, requested: str = "auto"
 
     Args:
         model_config: the model's config (``inference``: ``instances``, ``instance_min_area_px``,
-            ``instance_watershed_h_px``; ``preprocess``: the working µm/px).
+            ``instance_watershed_h_px``, ``instance_distance_core`` by the concept's object type; ``preprocess``: the working µm/px).
         concept: the concept the prompt is segmented as (sets its working µm/px).
         requested: ``segment(instances=...)``: ``"auto"`` takes the model's ``inference.instances``.
         decode_mpp: µm/px of the mask being decoded; None: the concept's working µm/px (``segment()`` decodes
@@ -247,7 +249,15 @@ def instance_decoding(model_config, concept: str | None, requested: str = "auto"
                          f"inference.instances in the model's config.json (or pass instances=... to segment())")
     ratio = 1.0 if decode_mpp is None else working_mpp(model_config.preprocess, concept) / float(decode_mpp)
     return InstanceDecoding(method, max(1, round(int(inf.instance_min_area_px) * ratio * ratio)),
-                            float(inf.instance_watershed_h_px) * ratio)
+                            float(inf.instance_watershed_h_px) * ratio, distance_core(inf, concept))
+
+
+def distance_core(settings, concept: str | None) -> float:
+    """The ``"distance"`` decoder's core threshold for a concept: ``settings.instance_distance_core`` at the
+    concept's ontology object type, else at ``"default"``."""
+    table = settings.instance_distance_core
+    c = _ontology().categories.get(concept or "")
+    return float(table.get(c.object_type, table["default"]) if c is not None else table["default"])
 
 
 def working_mpp(preprocess, concept: str | None) -> float:

@@ -12,7 +12,7 @@ fixed physical size per structure, rescaled wherever a mask is decoded at anothe
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 INSTANCE_DECODERS = ("auto", "hv", "distance", "border", "watershed")
 GEOMETRIC_MODES = ("learned", "instances")
@@ -38,6 +38,10 @@ class InferenceConfig:
     models with 4 separation maps) or ``"watershed"`` (of the binary mask)."""
     instance_min_area_px: int = 4
     """Smallest instance kept by the decoders, in working pixels (4 px at 0.25 µm/px = 0.25 µm² for nuclei)."""
+    instance_distance_core: dict[str, float] = field(default_factory=lambda: {"default": 0.45})
+    """Core threshold, in [0, 1], of the ``"distance"`` decoder per ontology object type (``"nucleus"``, ``"gland"``,
+    ...; ``"default"`` for the others): connected pixels whose predicted border distance exceeds it seed one object
+    each. Lower splits less (large glands with a narrow neck stay whole), higher splits more."""
     instance_watershed_h_px: float = 1.5
     """Seed height (h-maxima of the distance transform, working pixels) of the ``"watershed"`` decoder."""
     instance_object_types: tuple[str, ...] = ("nucleus", "cell", "gland")
@@ -91,6 +95,11 @@ class InferenceConfig:
             bad("geometric_box", f"available: {list(GEOMETRIC_BOX_RULES)}")
         if len(self.geometric_concepts) != 2:
             bad("geometric_concepts", "it must name two concepts, e.g. ['nuclei', 'gland'] (cell-sized, larger)")
+        core = self.instance_distance_core
+        if not isinstance(core, dict) or "default" not in core or \
+                not all(isinstance(v, (int, float)) and 0.0 <= float(v) <= 1.0 for v in core.values()):
+            bad("instance_distance_core", "it must map object types (and 'default') to values in [0, 1], "
+                "e.g. {'default': 0.45, 'gland': 0.35}")
         for name in ("tile_overlap", "geometric_window", "instance_min_area_px", "tissue_dark"):
             if int(getattr(self, name)) < 0:
                 bad(name, "it must be >= 0")
