@@ -6,7 +6,7 @@
 CORPUS ?= runs/pathseg-shared
 RUN ?= runs/tiny-v5
 V4RUN ?= runs/tiny-v4
-MODEL ?= $(RUN)/model
+MODEL ?= $(RUN)/model-presence
 V1 ?= runs/tiny-v1
 V1_COMMIT ?= 4e248bd
 V2 ?= runs/tiny-v2-weights
@@ -17,10 +17,10 @@ V4 ?= runs/tiny-v4-weights
 V4_COMMIT ?= 36f8c0e
 WEIGHTS = pathsegmentor/weights/pathsegmentor-tiny
 
-.PHONY: ablate-tiny retrain-tiny corpus v1-weights v2-weights v3-weights v4-weights train-tiny train-tiny-v4 train-tiny-v3 train-tiny-v2 \
+.PHONY: refit-presence-v5 ablate-tiny retrain-tiny corpus v1-weights v2-weights v3-weights v4-weights train-tiny train-tiny-v4 train-tiny-v3 train-tiny-v2 \
   settings-tiny refit-presence calibrate-tiny eval-tiny bench-tiny baseline-unet train-tiny-v1 test
 
-retrain-tiny: corpus v4-weights train-tiny calibrate-tiny settings-tiny eval-tiny
+retrain-tiny: corpus v4-weights train-tiny refit-presence-v5 calibrate-tiny settings-tiny eval-tiny
 
 corpus:
 	pathseg-build --config configs/data/shared.yaml --out $(CORPUS)
@@ -49,6 +49,13 @@ v4-weights:
 train-tiny: v4-weights
 	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v5-cpu.yaml output_dir=$(RUN) \
 	  data.corpus=$(abspath $(CORPUS)) model.init_from=$(abspath $(V4))
+
+# v5's presence head alone refit on its own decoder features of the TRAINING split (EBHI-Seg also with the pixel size
+# unknown), written to $(MODEL); the shipped run reused the EBHI-Seg features of bench/presence_cv.py and collected the
+# other sources' separately (same rows, another order), this collects them in one pass
+refit-presence-v5:
+	OMP_NUM_THREADS=2 python -m pathsegmentor.training.presence_refit $(RUN)/model --data $(CORPUS) --out $(MODEL) \
+	  --features $(RUN)/presence-features.npz
 
 # v4: two legs, as the shipped run: steps 0-1000 under a 4500-step schedule (train.stop_after ends the leg right after
 # its checkpoint), then resumed exactly to the recipe's 3500 steps
