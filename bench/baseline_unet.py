@@ -271,6 +271,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(REPO / "runs" / "baseline-unet"))
     args = ap.parse_args(argv)
+    run = Path(args.weights).parent if args.weights else None
+    if run is not None and not (Path(args.weights).is_file() and (run / "baseline_unet.json").is_file()):
+        ap.error(f"--weights {args.weights}: expected a run's unet.pt with its baseline_unet.json beside it "
+                 "(written by a training run of this script: --out DIR)")
 
     import torch
 
@@ -287,7 +291,7 @@ def main(argv=None) -> int:
     n_params = sum(p.numel() for p in net.parameters())
     if args.weights:  # score a trained U-Net: its run's record (steps, time, curve) is carried over
         net.load_state_dict(torch.load(args.weights, map_location="cpu"))
-        record = json.loads((Path(args.weights).parent / "baseline_unet.json").read_text())
+        record = json.loads((run / "baseline_unet.json").read_text())
         step, trained_s, curve = record["steps"], record["train_s"], record["curve"]
         curve_decoder = record.get("curve_decoder", record.get("decoder", "border"))  # first runs: 'border'
     else:
@@ -304,7 +308,8 @@ def main(argv=None) -> int:
     print_table(rows)
     summary = {"params_m": round(n_params / 1e6, 3), "steps": step, "crops": step * args.batch,
                "train_s": round(trained_s, 1), "crops_per_s": round(step * args.batch / trained_s, 3),
-               "tta": not args.no_tta, "decoder": args.decoder, "curve_decoder": curve_decoder, "rows": rows, "curve": curve}
+               "tta": not args.no_tta, "decoder": args.decoder, "curve_decoder": curve_decoder,
+               "rows": rows, "curve": curve}
     (out / "baseline_unet.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary))
     return 0

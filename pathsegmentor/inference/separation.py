@@ -216,7 +216,7 @@ class InstanceDecoding:
     method: str
     min_area: int
     h: float
-    core: float = 0.45
+    core: float
 
     @property
     def reads_maps(self) -> bool:
@@ -235,7 +235,8 @@ def instance_decoding(model_config, concept: str | None, requested: str = "auto"
 
     Args:
         model_config: the model's config (``inference``: ``instances``, ``instance_min_area_px``,
-            ``instance_watershed_h_px``, ``instance_distance_core`` by the concept's object type; ``preprocess``: the working µm/px).
+            ``instance_watershed_h_px``, ``instance_distance_core`` by the concept's object type; ``preprocess``:
+            the working µm/px).
         concept: the concept the prompt is segmented as (sets its working µm/px).
         requested: ``segment(instances=...)``: ``"auto"`` takes the model's ``inference.instances``.
         decode_mpp: µm/px of the mask being decoded; None: the concept's working µm/px (``segment()`` decodes

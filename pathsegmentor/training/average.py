@@ -1,6 +1,7 @@
 """Weight averaging of models of one lineage (a "model soup"): ``python -m pathsegmentor.training.average``.
 
-    python -m pathsegmentor.training.average runs/tiny-v4-weights runs/tiny-v5/model --out runs/tiny-v45 [--weights 0.5 0.5]
+    python -m pathsegmentor.training.average runs/tiny-v4-weights runs/tiny-v5/model --out runs/tiny-v45 \
+        [--weights 0.5 0.5]
 
 Two runs that continue one another (v5 continues v4) sit in one basin, so the average of their weights is a model of
 its own, often better than either where one traded something for another. Every tensor of the same name and shape is
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("models", nargs="+", help="model directories of one architecture (config.json + model.safetensors)")
     ap.add_argument("--out", required=True, help="directory for the averaged model")
-    ap.add_argument("--weights", nargs="*", type=float, default=None, help="one per model, summing to 1 (default equal)")
+    ap.add_argument("--weights", nargs="*", type=float, default=None,
+                    help="one per model, summing to 1 (default equal)")
     args = ap.parse_args(argv)
     try:
         path = average_models(args.models, args.out, args.weights)
