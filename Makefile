@@ -15,9 +15,12 @@ V3 ?= runs/tiny-v3-weights
 V3_COMMIT ?= 51d88f9
 V4 ?= runs/tiny-v4-weights
 V4_COMMIT ?= 36f8c0e
+V5 ?= runs/tiny-v5-weights
+V5_COMMIT ?= 3ec1a8d
+V6RUN ?= runs/tiny-v6
 WEIGHTS = pathsegmentor/weights/pathsegmentor-tiny
 
-.PHONY: refit-presence-v5 ablate-tiny retrain-tiny corpus v1-weights v2-weights v3-weights v4-weights train-tiny train-tiny-v4 train-tiny-v3 train-tiny-v2 \
+.PHONY: refit-presence-v5 v5-weights train-tiny-v6 ablate-tiny retrain-tiny corpus v1-weights v2-weights v3-weights v4-weights train-tiny train-tiny-v4 train-tiny-v3 train-tiny-v2 \
   settings-tiny refit-presence calibrate-tiny eval-tiny bench-tiny baseline-unet train-tiny-v1 test
 
 retrain-tiny: corpus v4-weights train-tiny refit-presence-v5 calibrate-tiny settings-tiny eval-tiny
@@ -44,6 +47,19 @@ v4-weights:
 	mkdir -p $(V4)
 	git show $(V4_COMMIT):$(WEIGHTS)/model.safetensors > $(V4)/model.safetensors
 	git show $(V4_COMMIT):$(WEIGHTS)/config.json > $(V4)/config.json
+
+v5-weights:
+	mkdir -p $(V5)
+	git show $(V5_COMMIT):$(WEIGHTS)/model.safetensors > $(V5)/model.safetensors
+	git show $(V5_COMMIT):$(WEIGHTS)/config.json > $(V5)/config.json
+
+# v6 candidate (configs/train/tiny-v6-cpu.yaml): one leg of 4500 steps from v5 as shipped, nucleus sources drawn twice
+# as often; then its presence head refit on the training split, as v5's
+train-tiny-v6: v5-weights
+	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v6-cpu.yaml output_dir=$(V6RUN) \
+	  data.corpus=$(abspath $(CORPUS)) model.init_from=$(abspath $(V5))
+	OMP_NUM_THREADS=2 python -m pathsegmentor.training.presence_refit $(V6RUN)/model --data $(CORPUS) \
+	  --out $(V6RUN)r --features $(V6RUN)/presence-features.npz
 
 # v5: one leg of 4500 steps from v4 (55 minutes on 2 cores)
 train-tiny: v4-weights

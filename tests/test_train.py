@@ -222,3 +222,22 @@ def test_bad_loss_grid_and_frozen_module_are_named(tmp_path, tiny_corpus):
     with pytest.raises(ConfigError, match="no submodule 'backbone.nope'.*backbone"):
         build_model_for_training(cfg)
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_source_weights_multiply_the_balanced_shares():
+    from types import SimpleNamespace
+
+    from pathsegmentor.training.sampling import sampling_weights
+
+    corpus = SimpleNamespace(images={"train": {"source": ["a"] * 6 + ["b"] * 2 + ["c"] * 2}})
+    w = sampling_weights(corpus, "train", "source")
+    np.testing.assert_allclose([w[:6].sum(), w[6:8].sum(), w[8:].sum()], [1 / 3] * 3)
+    w = sampling_weights(corpus, "train", "source", source_weights={"b": 2.0})
+    np.testing.assert_allclose([w[:6].sum(), w[6:8].sum(), w[8:].sum()], [0.25, 0.5, 0.25])
+    assert np.allclose(w[6], w[7])  # within a source the balance is unchanged
+    with pytest.raises(ValueError, match=r"'bb'.*\['a', 'b', 'c'\]"):
+        sampling_weights(corpus, "train", "source", source_weights={"bb": 2.0})
+    with pytest.raises(ValueError, match="must be > 0"):
+        sampling_weights(corpus, "train", "source", source_weights={"a": 0.0})
+    cfg = load_train_config(TEST_RECIPE, ["data.source_weights={folder: 3}"])
+    assert cfg.data.source_weights == {"folder": 3}

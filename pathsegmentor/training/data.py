@@ -27,7 +27,8 @@ class DataConfig:
     """Where the corpus is and how samples are drawn.
 
     ``balance``: ``"source"`` (every source drawn equally often), ``"category"`` (images weighted by
-    the rarity of their categories), or ``"none"`` (uniform over images).
+    the rarity of their categories), or ``"none"`` (uniform over images); ``source_weights`` then multiplies a
+    source's share (``{monuseg: 2}``: drawn twice as often; sources not named keep 1).
     ``negatives_per_image``: prompts for categories the source annotates exhaustively but that are
     absent from the crop (target empty, presence 0). Categories a source does not annotate
     exhaustively are never used as negatives (the corpus' ``negative_labels`` already excludes them).
@@ -55,6 +56,7 @@ class DataConfig:
     hed_bias: float = 0.02
     brightness_contrast: float = 0.1
     balance: str = "source"
+    source_weights: dict[str, float] = field(default_factory=dict)
     ood_negatives_per_image: int = 0
     organ_negatives_per_image: int = 0
     blank_prob: float = 0.0
