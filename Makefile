@@ -1,10 +1,12 @@
-# Reproduce the shipped pathsegmentor-tiny v5 from ../shared/data (2 CPU cores: about an hour of training).
-# v5 (configs/train/tiny-v5-cpu.yaml) continues v4, the weights of commit $(V4_COMMIT) extracted from git history by
+# Reproduce the shipped pathsegmentor-tiny v6 from ../shared/data (2 CPU cores: about an hour of training, then 35
+# minutes of presence features). v6 (configs/train/tiny-v6-cpu.yaml) continues v5, the weights of commit $(V5_COMMIT)
+# (`v5-weights`); v5 (configs/train/tiny-v5-cpu.yaml, `make train-tiny-v5`) continued v4, the weights of commit $(V4_COMMIT) extracted from git history by
 # `v4-weights`; v4 (dense pixel decoder, configs/train/tiny-v4-cpu.yaml, `make train-tiny-v4`) started from v3, the
 # weights of commit $(V3_COMMIT) (`v3-weights`); v3 continued v2 (commit $(V2_COMMIT), `v2-weights`, `make train-tiny-v3`), v2 was
 # fine-tuned from v1 (commit $(V1_COMMIT), `v1-weights`, `make train-tiny-v2`).
 CORPUS ?= runs/pathseg-shared
-RUN ?= runs/tiny-v5
+RUN ?= runs/tiny-v6
+V5RUN ?= runs/tiny-v5
 V4RUN ?= runs/tiny-v4
 MODEL ?= $(RUN)/model-presence
 V1 ?= runs/tiny-v1
@@ -17,13 +19,12 @@ V4 ?= runs/tiny-v4-weights
 V4_COMMIT ?= 36f8c0e
 V5 ?= runs/tiny-v5-weights
 V5_COMMIT ?= 3ec1a8d
-V6RUN ?= runs/tiny-v6
 WEIGHTS = pathsegmentor/weights/pathsegmentor-tiny
 
-.PHONY: refit-presence-v5 v5-weights train-tiny-v6 ablate-tiny retrain-tiny corpus v1-weights v2-weights v3-weights v4-weights train-tiny train-tiny-v4 train-tiny-v3 train-tiny-v2 \
+.PHONY: refit-presence-tiny v5-weights train-tiny-v5 ablate-tiny retrain-tiny corpus v1-weights v2-weights v3-weights v4-weights train-tiny train-tiny-v4 train-tiny-v3 train-tiny-v2 \
   settings-tiny refit-presence calibrate-tiny eval-tiny bench-tiny baseline-unet train-tiny-v1 test
 
-retrain-tiny: corpus v4-weights train-tiny refit-presence-v5 calibrate-tiny settings-tiny eval-tiny
+retrain-tiny: corpus v5-weights train-tiny refit-presence-tiny calibrate-tiny settings-tiny eval-tiny
 
 corpus:
 	pathseg-build --config configs/data/shared.yaml --out $(CORPUS)
@@ -53,23 +54,20 @@ v5-weights:
 	git show $(V5_COMMIT):$(WEIGHTS)/model.safetensors > $(V5)/model.safetensors
 	git show $(V5_COMMIT):$(WEIGHTS)/config.json > $(V5)/config.json
 
-# v6 candidate (configs/train/tiny-v6-cpu.yaml): one leg of 4500 steps from v5 as shipped, nucleus sources drawn twice
-# as often; then its presence head refit on the training split, as v5's
-train-tiny-v6: v5-weights
-	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v6-cpu.yaml output_dir=$(V6RUN) \
+# v6: one leg of 4500 steps from v5 as shipped, nucleus sources drawn twice as often (61 minutes on 2 cores)
+train-tiny: v5-weights
+	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v6-cpu.yaml output_dir=$(RUN) \
 	  data.corpus=$(abspath $(CORPUS)) model.init_from=$(abspath $(V5))
-	OMP_NUM_THREADS=2 python -m pathsegmentor.training.presence_refit $(V6RUN)/model --data $(CORPUS) \
-	  --out $(V6RUN)r --features $(V6RUN)/presence-features.npz
 
 # v5: one leg of 4500 steps from v4 (55 minutes on 2 cores)
-train-tiny: v4-weights
-	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v5-cpu.yaml output_dir=$(RUN) \
+train-tiny-v5: v4-weights
+	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v5-cpu.yaml output_dir=$(V5RUN) \
 	  data.corpus=$(abspath $(CORPUS)) model.init_from=$(abspath $(V4))
 
-# v5's presence head alone refit on its own decoder features of the TRAINING split (EBHI-Seg also with the pixel size
-# unknown), written to $(MODEL); the shipped run reused the EBHI-Seg features of bench/presence_cv.py and collected the
-# other sources' separately (same rows, another order), this collects them in one pass
-refit-presence-v5:
+# the presence head alone refit on the trained model's own decoder features of the TRAINING split (EBHI-Seg also with
+# the pixel size unknown), written to $(MODEL): v5's and v6's last step (`make refit-presence-tiny RUN=runs/tiny-v5`
+# for v5, whose shipped run reused the EBHI-Seg features of bench/presence_cv.py; this collects them in one pass)
+refit-presence-tiny:
 	OMP_NUM_THREADS=2 python -m pathsegmentor.training.presence_refit $(RUN)/model --data $(CORPUS) --out $(MODEL) \
 	  --features $(RUN)/presence-features.npz
 
@@ -81,11 +79,11 @@ train-tiny-v4: v3-weights
 	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v4-cpu.yaml output_dir=$(V4RUN) \
 	  data.corpus=$(abspath $(CORPUS)) model.init_from=$(abspath $(V3)) --resume
 
-# the trained model's whole inference section, rebuilt from the recipe's decisions (configs/inference/tiny-v5.yaml, each
+# the trained model's whole inference section, rebuilt from the recipe's decisions (configs/inference/tiny-v6.yaml, each
 # commented) and the calibration below, with each value's source in config.json's provenance (tests/test_settings.py
 # rebuilds the shipped section this way and compares)
 settings-tiny:
-	python -m pathsegmentor.evaluation.settings $(MODEL) configs/inference/tiny-v5.yaml \
+	python -m pathsegmentor.evaluation.settings $(MODEL) configs/inference/tiny-v6.yaml \
 	  --calibration $(MODEL)/presence_calibration_train.json
 
 # v3: two legs from v2 (0-600 with one exhaustive-absent negative per crop, then resumed with two), presence refit
