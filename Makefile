@@ -29,30 +29,11 @@ retrain-tiny: corpus v5-weights train-tiny refit-presence-tiny calibrate-tiny se
 corpus:
 	pathseg-build --config configs/data/shared.yaml --out $(CORPUS)
 
-v1-weights:
-	mkdir -p $(V1)
-	git show $(V1_COMMIT):$(WEIGHTS)/model.safetensors > $(V1)/model.safetensors
-	git show $(V1_COMMIT):$(WEIGHTS)/config.json > $(V1)/config.json
-
-v2-weights:
-	mkdir -p $(V2)
-	git show $(V2_COMMIT):$(WEIGHTS)/model.safetensors > $(V2)/model.safetensors
-	git show $(V2_COMMIT):$(WEIGHTS)/config.json > $(V2)/config.json
-
-v3-weights:
-	mkdir -p $(V3)
-	git show $(V3_COMMIT):$(WEIGHTS)/model.safetensors > $(V3)/model.safetensors
-	git show $(V3_COMMIT):$(WEIGHTS)/config.json > $(V3)/config.json
-
-v4-weights:
-	mkdir -p $(V4)
-	git show $(V4_COMMIT):$(WEIGHTS)/model.safetensors > $(V4)/model.safetensors
-	git show $(V4_COMMIT):$(WEIGHTS)/config.json > $(V4)/config.json
-
-v5-weights:
-	mkdir -p $(V5)
-	git show $(V5_COMMIT):$(WEIGHTS)/model.safetensors > $(V5)/model.safetensors
-	git show $(V5_COMMIT):$(WEIGHTS)/config.json > $(V5)/config.json
+# a shipped release's weights and config extracted from git history: `make v4-weights` writes $(V4) from $(V4_COMMIT)
+v1-weights v2-weights v3-weights v4-weights v5-weights: v%-weights:
+	mkdir -p $(V$*)
+	git show $(V$*_COMMIT):$(WEIGHTS)/model.safetensors > $(V$*)/model.safetensors
+	git show $(V$*_COMMIT):$(WEIGHTS)/config.json > $(V$*)/config.json
 
 # v6: one leg of 4500 steps from v5 as shipped, nucleus sources drawn twice as often (61 minutes on 2 cores)
 train-tiny: v5-weights

@@ -77,10 +77,10 @@ def oracle_table(images, core: float, threshold: float) -> None:
 
     print(f"| mask (decoder: distance, core {core}) | AJI | PQ | SQ | DQ | objects / true |")
     print("|---|---|---|---|---|---|")
-    for name in (f"the model's (probability > {threshold})", "ground truth"):
+    for name, truth in ((f"the model's (probability > {threshold})", False), ("ground truth", True)):
         rows = []
         for probs, maps, gt in images:
-            mask = probs > threshold if name != "ground truth" else gt > 0
+            mask = gt > 0 if truth else probs > threshold
             lab = instances_from_distance(mask, maps[2], core=core)
             pq = panoptic_quality(gt, lab)
             rows.append((aggregated_jaccard_index(gt, lab), pq["pq"], pq["sq"], pq["dq"],
@@ -117,8 +117,9 @@ def main(argv=None) -> int:
                 "border": lambda m, maps, v: instances_from_border(m, maps[3], threshold=v)}
     print(f"{model.name}, {args.source} {args.split}, {len(images)} images")
     if args.oracle_mask:
-        cores = model.config.inference.instance_distance_core
-        core = cores.get("gland" if args.source == "glas" else "default", cores["default"])
+        from pathsegmentor.inference.separation import distance_core
+
+        core = distance_core(model.config.inference, LABELS[args.source])  # the shipped core of the label's type
         oracle_table(images, core, model.config.inference.mask_threshold)
         return 0
     print("| decoder | parameter | mask threshold | AJI | PQ |")

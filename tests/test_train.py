@@ -178,6 +178,13 @@ def test_missing_split(tmp_path, tiny_corpus):
         run_training(cfg)
 
 
+def test_unknown_source_weight_is_a_config_error_before_any_output(tmp_path, tiny_corpus):
+    cfg = _cfg(tmp_path / "run", tiny_corpus, "data.source_weights={monusg: 2}")
+    with pytest.raises(ConfigError, match=r"'monusg'.*\['folder'\]"):
+        run_training(cfg)
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_from_another_model_refused(tmp_path, tiny_corpus):
     out = tmp_path / "run"
     run_training(_cfg(out, tiny_corpus, "train.steps=3", "train.save_every=3"))

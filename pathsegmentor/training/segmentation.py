@@ -168,8 +168,11 @@ class SegmentationObjective(Objective):
         ds = PromptedCrops(corpus, cfg.data.train_split, cfg.data, model_mpp=pp.mpp, seed=cfg.train.seed,
                            synonyms=synonyms, structure_mpp=pp.structure_mpp,
                            separation_channels=model.config.mask_decoder.separation_channels or 3)
-        weights = sampling_weights(corpus, cfg.data.train_split, cfg.data.balance, cfg.data.sources,
-                                   cfg.data.source_weights)
+        try:
+            weights = sampling_weights(corpus, cfg.data.train_split, cfg.data.balance, cfg.data.sources,
+                                       cfg.data.source_weights)
+        except ValueError as e:  # a bad data.balance / sources / source_weights: a config error, named
+            raise ConfigError(str(e)) from None
         self.cache_build_s = 0.0
         if cfg.cache.enabled:
             from .embedding_cache import CachedViews, build_embedding_cache
