@@ -15,6 +15,9 @@ every decoder setting is applied to them offline:
 
 Prints mean AJI and PQ per setting (the shipped one is marked). Nothing here is asserted.
 
+``--min-object`` prints instead the ``distance`` decoder (the model's core) with objects under A µm² not counted
+(``inference.instance_min_object_um2``), the mask unchanged: AJI, PQ, DQ and object counts per A.
+
 ``--oracle-mask`` prints instead where the shipped decoder loses: the same predicted maps decoded from the model's
 own mask and from the ground-truth mask (the ``distance`` decoder at the model's core for the object type), with
 AJI, PQ, SQ (mean IoU of matched objects), DQ (object F1 at IoU 0.5) and the object counts. A large gap says the
@@ -34,11 +37,12 @@ sys.path.insert(0, str(REPO))
 LABELS = {"monuseg": "nuclei", "glas": "gland"}  # the sources with instance ground truth
 GRID = {"distance": ("core", (0.3, 0.35, 0.4, 0.45, 0.5, 0.6)), "watershed": ("h", (1.0, 1.5, 2.0, 3.0)),
         "hv": ("edge", (0.15, 0.25, 0.4)), "border": ("threshold", (0.3, 0.4, 0.5, 0.6, 0.7))}
+MIN_OBJECT_UM2 = {"glas": (0, 250, 500, 750, 1000, 1500, 2000), "monuseg": (0, 2.5, 5, 10, 20)}  # per source
 SHIPPED = {"distance": 0.45, "watershed": 1.5, "hv": 0.25, "border": 0.5}  # the decoders' defaults (separation.py, instances.py)
 
 
-def capture(model, corpus, split: str, source: str, limit: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """``(probs float32 [H, W], maps float32 [3 or 4, H, W], ground-truth instances int32 [H, W])`` per image."""
+def capture(model, corpus, split: str, source: str, limit: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
+    """``(probs float32 [H, W], maps float32 [3 or 4, H, W], ground-truth instances int32 [H, W], µm/px)`` per image."""
     import pathsegmentor.inference.separation as seg
 
     label = LABELS[source]
@@ -64,7 +68,7 @@ def capture(model, corpus, split: str, source: str, limit: int) -> list[tuple[np
             maps = seen.get("maps")
             if maps is None or maps.shape[-2:] != res.probs.shape[-2:]:
                 continue  # not decoded at the input's size (absent, or another working µm/px)
-            out.append((res.probs[0], np.asarray(maps, np.float32), np.asarray(inst, np.int32)))
+            out.append((res.probs[0], np.asarray(maps, np.float32), np.asarray(inst, np.int32), float(s["mpp"])))
     finally:
         seg.decode_instances = decode
     return out
@@ -79,7 +83,7 @@ def oracle_table(images, core: float, threshold: float) -> None:
     print("|---|---|---|---|---|---|")
     for name, truth in ((f"the model's (probability > {threshold})", False), ("ground truth", True)):
         rows = []
-        for probs, maps, gt in images:
+        for probs, maps, gt, _ in images:
             mask = gt > 0 if truth else probs > threshold
             lab = instances_from_distance(mask, maps[2], core=core)
             pq = panoptic_quality(gt, lab)
@@ -87,6 +91,29 @@ def oracle_table(images, core: float, threshold: float) -> None:
                          len(np.unique(lab)) - 1, len(np.unique(gt)) - 1))
         m = np.mean(rows, axis=0)
         print(f"| {name} | {m[0]:.4f} | {m[1]:.4f} | {m[2]:.4f} | {m[3]:.4f} | {m[4]:.0f} / {m[5]:.0f} |", flush=True)
+
+
+def min_object_table(images, core: float, threshold: float, shipped: float, grid: tuple[float, ...]) -> None:
+    """Prints the ``distance`` decoder's figures when objects under A µm² are not counted (the mask unchanged), for
+    each A of ``grid``."""
+    from pathsegmentor.evaluation.metrics import aggregated_jaccard_index, panoptic_quality
+    from pathsegmentor.inference.instances import drop_small
+    from pathsegmentor.inference.separation import instances_from_distance
+
+    print(f"| smallest object, µm² (decoder: distance, core {core}) | AJI | PQ | DQ (object F1) | objects / true |")
+    print("|---|---|---|---|---|")
+    decoded = [(instances_from_distance(probs > threshold, maps[2], core=core), gt, mpp)
+               for probs, maps, gt, mpp in images]
+    for area in grid:
+        rows = []
+        for lab, gt, mpp in decoded:
+            lab = drop_small(lab.copy(), round(area / (mpp * mpp)))
+            pq = panoptic_quality(gt, lab)
+            rows.append((aggregated_jaccard_index(gt, lab), pq["pq"], pq["dq"], len(np.unique(lab)) - 1,
+                         len(np.unique(gt)) - 1))
+        m = np.mean(rows, axis=0)
+        mark = " (shipped)" if area == shipped else ""
+        print(f"| {area:g}{mark} | {m[0]:.4f} | {m[1]:.4f} | {m[2]:.4f} | {m[3]:.1f} / {m[4]:.1f} |", flush=True)
 
 
 def main(argv=None) -> int:
@@ -99,6 +126,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--oracle-mask", action="store_true",
                     help="compare the model's own mask with the ground-truth mask under the same maps and decoder")
+    ap.add_argument("--min-object", action="store_true",
+                    help="sweep the smallest object counted (inference.instance_min_object_um2) under the distance "
+                         "decoder at the model's core")
     args = ap.parse_args(argv)
     import torch
 
@@ -122,6 +152,13 @@ def main(argv=None) -> int:
         core = distance_core(model.config.inference, LABELS[args.source])  # the shipped core of the label's type
         oracle_table(images, core, model.config.inference.mask_threshold)
         return 0
+    if args.min_object:
+        from pathsegmentor.inference.separation import distance_core, min_object_um2
+
+        inf, label = model.config.inference, LABELS[args.source]
+        min_object_table(images, distance_core(inf, label), inf.mask_threshold, min_object_um2(inf, label),
+                         MIN_OBJECT_UM2[args.source])
+        return 0
     print("| decoder | parameter | mask threshold | AJI | PQ |")
     print("|---|---|---|---|---|")
     for thr in (0.4, 0.5):
@@ -130,7 +167,7 @@ def main(argv=None) -> int:
                 continue  # a model without the thick-border map
             for v in values:
                 aji, pq = [], []
-                for probs, maps, gt in images:
+                for probs, maps, gt, _ in images:
                     lab = decoders[name](probs > thr, maps, v)
                     aji.append(aggregated_jaccard_index(gt, lab))
                     pq.append(panoptic_quality(gt, lab)["pq"])

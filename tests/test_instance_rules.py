@@ -36,6 +36,29 @@ def test_distance_core_per_object_type():
             InferenceConfig(instance_distance_core=bad).check()
 
 
+def test_min_object_um2_per_object_type():
+    """inference.instance_min_object_um2: a gland's fragment under the area (µm², converted at the µm/px decoded)
+    is not counted as an object while a nucleus of that size is; bad tables are named."""
+    from types import SimpleNamespace
+
+    from pathsegmentor.inference.separation import instance_decoding
+    from pathsegmentor.modeling.inference_config import InferenceConfig
+
+    inf = InferenceConfig(instances="distance", instance_min_object_um2={"default": 0.0, "gland": 100.0})
+    cfg = SimpleNamespace(preprocess=SimpleNamespace(mpp=0.5, structure_mpp={"cell": 0.25}), inference=inf)
+    gland, nuclei = instance_decoding(cfg, "gland"), instance_decoding(cfg, "nuclei")
+    assert (gland.min_area, nuclei.min_area) == (400, 4)  # 100 µm² at 0.5 µm/px; nuclei: instance_min_area_px
+    assert instance_decoding(cfg, "gland", decode_mpp=1.0).min_area == 100  # the same µm² at 1 µm/px
+    # a large object (r 14: 615 px) and a small separate fragment (r 6: 113 px = 28 µm² at 0.5 µm/px)
+    mask = _discs((32, 30, 14), (32, 60, 6)) > 0
+    dist = np.where(mask, 1.0, 0.0)
+    maps = np.stack([np.zeros_like(dist)] * 2 + [dist, np.zeros_like(dist)]).astype(np.float32)
+    assert gland.decode(mask, maps).max() == 1 and nuclei.decode(mask, maps).max() == 2
+    for bad in ({"gland": 100.0}, {"default": -1.0}):
+        with pytest.raises(ValueError, match="instance_min_object_um2"):
+            InferenceConfig(instance_min_object_um2=bad).check()
+
+
 def test_baseline_unet_three_class_decoders_on_touching_discs():
     """bench/baseline_unet.py's decoders on ideal softmax outputs of two touching discs: the usual argmax reading
     finds the two; the border decoder too on clean maps (its trouble is noisy soft borders, not this case)."""

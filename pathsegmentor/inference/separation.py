@@ -235,8 +235,8 @@ def instance_decoding(model_config, concept: str | None, requested: str = "auto"
 
     Args:
         model_config: the model's config (``inference``: ``instances``, ``instance_min_area_px``,
-            ``instance_watershed_h_px``, ``instance_distance_core`` by the concept's object type; ``preprocess``:
-            the working µm/px).
+            ``instance_watershed_h_px``; ``instance_distance_core`` and ``instance_min_object_um2`` by the concept's
+            object type; ``preprocess``: the working µm/px).
         concept: the concept the prompt is segmented as (sets its working µm/px).
         requested: ``segment(instances=...)``: ``"auto"`` takes the model's ``inference.instances``.
         decode_mpp: µm/px of the mask being decoded; None: the concept's working µm/px (``segment()`` decodes
@@ -248,17 +248,29 @@ def instance_decoding(model_config, concept: str | None, requested: str = "auto"
     if method not in ("auto", *DECODERS):
         raise ValueError(f"instance decoder {method!r} unknown. Available: {['auto', *DECODERS]}; set "
                          f"inference.instances in the model's config.json (or pass instances=... to segment())")
-    ratio = 1.0 if decode_mpp is None else working_mpp(model_config.preprocess, concept) / float(decode_mpp)
-    return InstanceDecoding(method, max(1, round(int(inf.instance_min_area_px) * ratio * ratio)),
-                            float(inf.instance_watershed_h_px) * ratio, distance_core(inf, concept))
+    mpp = working_mpp(model_config.preprocess, concept) if decode_mpp is None else float(decode_mpp)
+    ratio = working_mpp(model_config.preprocess, concept) / mpp
+    min_px = max(int(inf.instance_min_area_px) * ratio * ratio, min_object_um2(inf, concept) / (mpp * mpp))
+    return InstanceDecoding(method, max(1, round(min_px)), float(inf.instance_watershed_h_px) * ratio,
+                            distance_core(inf, concept))
+
+
+def _by_object_type(table: dict[str, float], concept: str | None) -> float:
+    """``table``'s value at the concept's ontology object type, else at ``"default"``."""
+    c = _ontology().categories.get(concept or "")
+    return float(table.get(c.object_type, table["default"]) if c is not None else table["default"])
 
 
 def distance_core(settings, concept: str | None) -> float:
     """The ``"distance"`` decoder's core threshold for a concept: ``settings.instance_distance_core`` at the
     concept's ontology object type, else at ``"default"``."""
-    table = settings.instance_distance_core
-    c = _ontology().categories.get(concept or "")
-    return float(table.get(c.object_type, table["default"]) if c is not None else table["default"])
+    return _by_object_type(settings.instance_distance_core, concept)
+
+
+def min_object_um2(settings, concept: str | None) -> float:
+    """The smallest instance (µm²) reported for a concept: ``settings.instance_min_object_um2`` at the concept's
+    ontology object type, else at ``"default"``."""
+    return _by_object_type(settings.instance_min_object_um2, concept)
 
 
 def working_mpp(preprocess, concept: str | None) -> float:

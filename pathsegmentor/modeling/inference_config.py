@@ -42,6 +42,10 @@ class InferenceConfig:
     """Core threshold, in [0, 1], of the ``"distance"`` decoder per ontology object type (``"nucleus"``, ``"gland"``,
     ...; ``"default"`` for the others): connected pixels whose predicted border distance exceeds it seed one object
     each. Lower splits less (large glands with a narrow neck stay whole), higher splits more."""
+    instance_min_object_um2: dict[str, float] = field(default_factory=lambda: {"default": 0.0})
+    """Smallest object (µm², >= 0) reported as an instance, per ontology object type (``"default"`` for the others):
+    smaller pieces the decoder leaves (fragments of a gland cut off by its cores, specks) are not counted as objects,
+    while the mask keeps their pixels. 0: only :attr:`instance_min_area_px` applies."""
     instance_watershed_h_px: float = 1.5
     """Seed height (h-maxima of the distance transform, working pixels) of the ``"watershed"`` decoder."""
     instance_object_types: tuple[str, ...] = ("nucleus", "cell", "gland")
@@ -100,6 +104,11 @@ class InferenceConfig:
                 not all(isinstance(v, (int, float)) and 0.0 <= float(v) <= 1.0 for v in core.values()):
             bad("instance_distance_core", "it must map object types (and 'default') to values in [0, 1], "
                 "e.g. {'default': 0.45, 'gland': 0.35}")
+        small = self.instance_min_object_um2
+        if not isinstance(small, dict) or "default" not in small or \
+                not all(isinstance(v, (int, float)) and float(v) >= 0.0 for v in small.values()):
+            bad("instance_min_object_um2", "it must map object types (and 'default') to areas >= 0 in µm², "
+                "e.g. {'default': 0.0, 'gland': 1000.0}")
         for name in ("tile_overlap", "geometric_window", "instance_min_area_px", "tissue_dark"):
             if int(getattr(self, name)) < 0:
                 bad(name, "it must be >= 0")
