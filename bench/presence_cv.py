@@ -13,6 +13,9 @@ patients, 12 biopsies) is too few to tell, so every case of the corpus (train an
    threshold (the mask is empty then: ``segment()`` gates on presence), per view (the corpus' pixel size, and the
    pixel size unknown), "tumor" on adenocarcinoma biopsies found, and the MCC over every certain pair.
 
+``--train-features`` reuses the training split's collection of ``training.presence_refit --features`` (the same
+prompts and views; the presence head's inputs do not depend on the head) instead of collecting it again.
+
 The features (the presence head's inputs, as ``segment(..., vocabulary="open")`` produces them, with the prompts of
 ``evaluation.presence.asked_prompts`` and the train list of out-of-pathology phrases) are collected once per split
 and cached in ``--out``. For reference the shipped head at its shipped threshold is scored on the same rows (its
@@ -76,6 +79,9 @@ def main(argv=None) -> int:
     ap.add_argument("--sources", nargs="*", default=[],
                     help="only these sources' images (e.g. ebhi_seg: the diagnosis negatives); default: all")
     ap.add_argument("--out", default="runs/presence-cv")
+    ap.add_argument("--train-features", default=None,
+                    help="the training split's features from `presence_refit --features` of the same network (the "
+                         "same collection), reused instead of collected again (only --sources rows kept)")
     args = ap.parse_args(argv)
 
     import torch
@@ -84,7 +90,7 @@ def main(argv=None) -> int:
     from pathsegmentor import from_pretrained
     from pathsegmentor.evaluation.presence import Pair, calibrate
     from pathsegmentor.training.presence_features import (collect_features, concat_features, load_features,
-                                                          save_features)
+                                                          save_features, select_features)
     from pathsegmentor.training.presence_refit import RefitConfig, refit
     from pathsegmentor.training.prompt_sampling import negative_phrases
 
@@ -93,6 +99,13 @@ def main(argv=None) -> int:
     model = from_pretrained(args.model).eval()
     corpus = None
     parts = []
+    if args.train_features and not (out / "features-train.npz").is_file():
+        reused = load_features(Path(args.train_features))  # the same collection: the head's inputs, not its outputs
+        if args.sources:
+            reused = select_features(reused, np.isin(reused.source, args.sources))
+        with torch.no_grad():  # the presence column is this model's head on them
+            reused.presence = torch.sigmoid(model.mask_decoder.presence_head(torch.from_numpy(reused.x))).view(-1).tolist()
+        save_features(out / "features-train.npz", reused)
     for split in ("train", "validation"):
         path = out / f"features-{split}.npz"
         if not path.is_file():
@@ -114,9 +127,7 @@ def main(argv=None) -> int:
     per_fold = []
     for k in range(args.folds):
         held, train = fold == k, fold != k
-        sub = type(feats)(feats.x[train], feats.y[train], *[list(np.asarray(getattr(feats, a))[train]) for a in
-                                                              ("source", "kind", "prompt", "group", "view",
-                                                               "presence")])
+        sub = select_features(feats, train)
         head, report = refit(head0, sub, RefitConfig(seed=args.seed))
         with torch.no_grad():
             p = torch.sigmoid(head(torch.from_numpy(feats.x)).squeeze(-1)).numpy()

@@ -89,6 +89,14 @@ def test_cli_writes_a_model_with_only_the_presence_head_changed(test_model_dir, 
     syn = load_features(tmp_path / "s.npz")
     assert len(syn.y) > 0 and set(syn.kind) <= {"positive", "exhaustive"}
     assert json.loads((tmp_path / "syn" / "presence_refit.json").read_text())["rows"] == report["rows"] + len(syn.y)
+    # a subset keeps each row's metadata with its features (bench/presence_cv.py --train-features filters by source)
+    from pathsegmentor.training.presence_features import select_features
+
+    feats = load_features(tmp_path / "f.npz")
+    keep = np.asarray(feats.y, bool)
+    sub = select_features(feats, keep)
+    assert 0 < len(sub.y) < len(feats.y) and sub.y.all() and np.array_equal(sub.x, feats.x[keep])
+    assert sub.prompt == [p for p, k in zip(feats.prompt, keep) if k] and len(sub.presence) == len(sub.y)
 
 
 def test_cli_refuses_bad_paths_and_writes_nothing(test_model_dir, tmp_path, capsys):

@@ -141,3 +141,9 @@ def concat_features(a: PresenceFeatures, b: PresenceFeatures) -> PresenceFeature
         return a
     return PresenceFeatures(np.concatenate([a.x, b.x]), np.concatenate([a.y, b.y]),
                             *[getattr(a, k) + getattr(b, k) for k in _META])
+
+
+def select_features(feats: PresenceFeatures, rows: np.ndarray) -> PresenceFeatures:
+    """The rows of ``feats`` where ``rows`` (``bool [N]``) is True, in order."""
+    rows = np.asarray(rows, bool)
+    return PresenceFeatures(feats.x[rows], feats.y[rows], *[np.asarray(getattr(feats, k))[rows].tolist() for k in _META])
