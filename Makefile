@@ -19,9 +19,11 @@ V4 ?= runs/tiny-v4-weights
 V4_COMMIT ?= 36f8c0e
 V5 ?= runs/tiny-v5-weights
 V5_COMMIT ?= 3ec1a8d
+V6 ?= runs/tiny-v6-weights
+V6_COMMIT ?= 268b304
 WEIGHTS = pathsegmentor/weights/pathsegmentor-tiny
 
-.PHONY: refit-presence-tiny v5-weights train-tiny-v5 ablate-tiny retrain-tiny corpus v1-weights v2-weights v3-weights v4-weights train-tiny train-tiny-v4 train-tiny-v3 train-tiny-v2 \
+.PHONY: refit-presence-tiny v6-weights train-tiny-v7 v5-weights train-tiny-v5 ablate-tiny retrain-tiny corpus v1-weights v2-weights v3-weights v4-weights train-tiny train-tiny-v4 train-tiny-v3 train-tiny-v2 \
   settings-tiny refit-presence calibrate-tiny eval-tiny bench-tiny baseline-unet train-tiny-v1 test
 
 retrain-tiny: corpus v5-weights train-tiny refit-presence-tiny calibrate-tiny settings-tiny eval-tiny
@@ -30,7 +32,7 @@ corpus:
 	pathseg-build --config configs/data/shared.yaml --out $(CORPUS)
 
 # a shipped release's weights and config extracted from git history: `make v4-weights` writes $(V4) from $(V4_COMMIT)
-v1-weights v2-weights v3-weights v4-weights v5-weights: v%-weights:
+v1-weights v2-weights v3-weights v4-weights v5-weights v6-weights: v%-weights:
 	mkdir -p $(V$*)
 	git show $(V$*_COMMIT):$(WEIGHTS)/model.safetensors > $(V$*)/model.safetensors
 	git show $(V$*_COMMIT):$(WEIGHTS)/config.json > $(V$*)/config.json
@@ -39,6 +41,12 @@ v1-weights v2-weights v3-weights v4-weights v5-weights: v%-weights:
 train-tiny: v5-weights
 	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v6-cpu.yaml output_dir=$(RUN) \
 	  data.corpus=$(abspath $(CORPUS)) model.init_from=$(abspath $(V5))
+
+# the v7 candidate, not shipped (MODEL_CARD.md): one more leg of v6's recipe from v6 as shipped (68 minutes); then
+# `make refit-presence-tiny calibrate-tiny RUN=runs/tiny-v7` and settings from configs/inference/tiny-v7.yaml
+train-tiny-v7: v6-weights
+	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v7-cpu.yaml output_dir=runs/tiny-v7 \
+	  data.corpus=$(abspath $(CORPUS)) model.init_from=$(abspath $(V6))
 
 # v5: one leg of 4500 steps from v4 (55 minutes on 2 cores)
 train-tiny-v5: v4-weights

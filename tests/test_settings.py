@@ -94,5 +94,5 @@ def test_info_prints_every_inference_setting_and_where_it_came_from(capsys):
         assert f"  {f.name} " in block, f.name
     assert "from: calibration: presence_calibration_train.json" in block
     assert f"from: recipe: {RECIPE}: border distance" in block
-    assert block.count("from: default") == len(fields(InferenceConfig)) - 7  # 6 recipe lines + 1 calibration
+    assert block.count("from: default") == len(fields(InferenceConfig)) - 8  # 7 recipe lines + 1 calibration
     assert "working um/px per structure" in out and "'cell': 0.25" in out

@@ -235,8 +235,8 @@ def instance_decoding(model_config, concept: str | None, requested: str = "auto"
 
     Args:
         model_config: the model's config (``inference``: ``instances``, ``instance_min_area_px``,
-            ``instance_watershed_h_px``; ``instance_distance_core`` and ``instance_min_object_um2`` by the concept's
-            object type; ``preprocess``: the working µm/px).
+            ``instance_watershed_h_px``, ``instance_distance_core``, ``instance_min_object_um2``; ``preprocess``:
+            the working µm/px).
         concept: the concept the prompt is segmented as (sets its working µm/px).
         requested: ``segment(instances=...)``: ``"auto"`` takes the model's ``inference.instances``.
         decode_mpp: µm/px of the mask being decoded; None: the concept's working µm/px (``segment()`` decodes
@@ -262,14 +262,12 @@ def _by_object_type(table: dict[str, float], concept: str | None) -> float:
 
 
 def distance_core(settings, concept: str | None) -> float:
-    """The ``"distance"`` decoder's core threshold for a concept: ``settings.instance_distance_core`` at the
-    concept's ontology object type, else at ``"default"``."""
+    """The ``"distance"`` decoder's core for a concept (``settings.instance_distance_core`` by object type)."""
     return _by_object_type(settings.instance_distance_core, concept)
 
 
 def min_object_um2(settings, concept: str | None) -> float:
-    """The smallest instance (µm²) reported for a concept: ``settings.instance_min_object_um2`` at the concept's
-    ontology object type, else at ``"default"``."""
+    """The smallest instance (µm²) of a concept (``settings.instance_min_object_um2`` by object type)."""
     return _by_object_type(settings.instance_min_object_um2, concept)
 
 
