@@ -37,12 +37,13 @@ sys.path.insert(0, str(REPO))
 LABELS = {"monuseg": "nuclei", "glas": "gland"}  # the sources with instance ground truth
 GRID = {"distance": ("core", (0.3, 0.35, 0.4, 0.45, 0.5, 0.6)), "watershed": ("h", (1.0, 1.5, 2.0, 3.0)),
         "hv": ("edge", (0.15, 0.25, 0.4)), "border": ("threshold", (0.3, 0.4, 0.5, 0.6, 0.7))}
-MIN_OBJECT_UM2 = {"glas": (0, 250, 500, 750, 1000, 1500, 2000), "monuseg": (0, 2.5, 5, 10, 20)}  # per source
+MIN_OBJECT_UM2 = {"glas": (0, 250, 500, 750, 1000, 1500, 2000), "monuseg": (0, 2.5, 5, 10, 20)}  # µm², per source
 SHIPPED = {"distance": 0.45, "watershed": 1.5, "hv": 0.25, "border": 0.5}  # the decoders' defaults (separation.py, instances.py)
 
 
-def capture(model, corpus, split: str, source: str, limit: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
-    """``(probs float32 [H, W], maps float32 [3 or 4, H, W], ground-truth instances int32 [H, W], µm/px)`` per image."""
+def capture(model, corpus, split: str, source: str, limit: int) -> list[tuple]:
+    """``(probs float32 [H, W], maps float32 [3 or 4, H, W], ground-truth instances int32 [H, W], µm/px)`` per
+    image."""
     import pathsegmentor.inference.separation as seg
 
     label = LABELS[source]
@@ -74,46 +75,43 @@ def capture(model, corpus, split: str, source: str, limit: int) -> list[tuple[np
     return out
 
 
+def object_scores(gt: np.ndarray, lab: np.ndarray) -> tuple[float, ...]:
+    """``(AJI, PQ, SQ, DQ, objects, true objects)`` of instances ``lab`` against ``gt`` (``int32 [H, W]``)."""
+    from pathsegmentor.evaluation.metrics import aggregated_jaccard_index, panoptic_quality
+
+    pq = panoptic_quality(gt, lab)
+    return (aggregated_jaccard_index(gt, lab), pq["pq"], pq["sq"], pq["dq"], len(np.unique(lab)) - 1,
+            len(np.unique(gt)) - 1)
+
+
 def oracle_table(images, core: float, threshold: float) -> None:
     """Prints the ``distance`` decoder's figures from the model's mask and from the ground-truth mask."""
-    from pathsegmentor.evaluation.metrics import aggregated_jaccard_index, panoptic_quality
     from pathsegmentor.inference.separation import instances_from_distance
 
     print(f"| mask (decoder: distance, core {core}) | AJI | PQ | SQ | DQ | objects / true |")
     print("|---|---|---|---|---|---|")
     for name, truth in ((f"the model's (probability > {threshold})", False), ("ground truth", True)):
-        rows = []
-        for probs, maps, gt, _ in images:
-            mask = gt > 0 if truth else probs > threshold
-            lab = instances_from_distance(mask, maps[2], core=core)
-            pq = panoptic_quality(gt, lab)
-            rows.append((aggregated_jaccard_index(gt, lab), pq["pq"], pq["sq"], pq["dq"],
-                         len(np.unique(lab)) - 1, len(np.unique(gt)) - 1))
-        m = np.mean(rows, axis=0)
+        m = np.mean([object_scores(gt, instances_from_distance(gt > 0 if truth else probs > threshold, maps[2],
+                                                               core=core))
+                     for probs, maps, gt, _ in images], axis=0)
         print(f"| {name} | {m[0]:.4f} | {m[1]:.4f} | {m[2]:.4f} | {m[3]:.4f} | {m[4]:.0f} / {m[5]:.0f} |", flush=True)
 
 
 def min_object_table(images, core: float, threshold: float, shipped: float, grid: tuple[float, ...]) -> None:
     """Prints the ``distance`` decoder's figures when objects under A µm² are not counted (the mask unchanged), for
     each A of ``grid``."""
-    from pathsegmentor.evaluation.metrics import aggregated_jaccard_index, panoptic_quality
     from pathsegmentor.inference.instances import drop_small
     from pathsegmentor.inference.separation import instances_from_distance
 
     print(f"| smallest object, µm² (decoder: distance, core {core}) | AJI | PQ | DQ (object F1) | objects / true |")
     print("|---|---|---|---|---|")
     decoded = [(instances_from_distance(probs > threshold, maps[2], core=core), gt, mpp)
-               for probs, maps, gt, mpp in images]
+               for probs, maps, gt, mpp in images]  # decoded once; each area only drops objects
     for area in grid:
-        rows = []
-        for lab, gt, mpp in decoded:
-            lab = drop_small(lab.copy(), round(area / (mpp * mpp)))
-            pq = panoptic_quality(gt, lab)
-            rows.append((aggregated_jaccard_index(gt, lab), pq["pq"], pq["dq"], len(np.unique(lab)) - 1,
-                         len(np.unique(gt)) - 1))
-        m = np.mean(rows, axis=0)
+        m = np.mean([object_scores(gt, drop_small(lab.copy(), round(area / (mpp * mpp)))) for lab, gt, mpp in decoded],
+                    axis=0)
         mark = " (shipped)" if area == shipped else ""
-        print(f"| {area:g}{mark} | {m[0]:.4f} | {m[1]:.4f} | {m[2]:.4f} | {m[3]:.1f} / {m[4]:.1f} |", flush=True)
+        print(f"| {area:g}{mark} | {m[0]:.4f} | {m[1]:.4f} | {m[3]:.4f} | {m[4]:.1f} / {m[5]:.1f} |", flush=True)
 
 
 def main(argv=None) -> int:

@@ -63,6 +63,14 @@ def score(presence: np.ndarray, thr: float, feats, rows: np.ndarray) -> dict:
     return out
 
 
+def presence_of(head, x: np.ndarray) -> np.ndarray:
+    """``float32 [N]``: a presence head's probabilities on its inputs ``x`` (``float32 [N, D]``)."""
+    import torch
+
+    with torch.no_grad():
+        return torch.sigmoid(head(torch.from_numpy(x)).squeeze(-1)).numpy()
+
+
 def add(total: dict, part: dict) -> None:
     for k, v in part.items():
         if isinstance(v, list):
@@ -83,6 +91,11 @@ def main(argv=None) -> int:
                     help="the training split's features from `presence_refit --features` of the same network (the "
                          "same collection), reused instead of collected again (only --sources rows kept)")
     args = ap.parse_args(argv)
+    if args.train_features and not Path(args.train_features).is_file():
+        print(f"error: --train-features '{args.train_features}' not found; pass the .npz that "
+              "`python -m pathsegmentor.training.presence_refit MODEL --features PATH` wrote, or leave the flag out "
+              "to collect the features here", file=sys.stderr)
+        return 2
 
     import torch
 
@@ -103,8 +116,7 @@ def main(argv=None) -> int:
         reused = load_features(Path(args.train_features))  # the same collection: the head's inputs, not its outputs
         if args.sources:
             reused = select_features(reused, np.isin(reused.source, args.sources))
-        with torch.no_grad():  # the presence column is this model's head on them
-            reused.presence = torch.sigmoid(model.mask_decoder.presence_head(torch.from_numpy(reused.x))).view(-1).tolist()
+        reused.presence = presence_of(model.mask_decoder.presence_head, reused.x).tolist()  # this model's head
         save_features(out / "features-train.npz", reused)
     for split in ("train", "validation"):
         path = out / f"features-{split}.npz"
@@ -129,8 +141,7 @@ def main(argv=None) -> int:
         held, train = fold == k, fold != k
         sub = select_features(feats, train)
         head, report = refit(head0, sub, RefitConfig(seed=args.seed))
-        with torch.no_grad():
-            p = torch.sigmoid(head(torch.from_numpy(feats.x)).squeeze(-1)).numpy()
+        p = presence_of(head, feats.x)
         pairs = [Pair("", s, "", kd, bool(t), float(v), False) for s, kd, t, v in
                  zip(np.asarray(feats.source)[train], np.asarray(feats.kind)[train], feats.y[train], p[train])]
         thr, train_mcc = calibrate(pairs)

@@ -248,8 +248,9 @@ def instance_decoding(model_config, concept: str | None, requested: str = "auto"
     if method not in ("auto", *DECODERS):
         raise ValueError(f"instance decoder {method!r} unknown. Available: {['auto', *DECODERS]}; set "
                          f"inference.instances in the model's config.json (or pass instances=... to segment())")
-    mpp = working_mpp(model_config.preprocess, concept) if decode_mpp is None else float(decode_mpp)
-    ratio = working_mpp(model_config.preprocess, concept) / mpp
+    work = working_mpp(model_config.preprocess, concept)
+    mpp = work if decode_mpp is None else float(decode_mpp)
+    ratio = work / mpp
     min_px = max(int(inf.instance_min_area_px) * ratio * ratio, min_object_um2(inf, concept) / (mpp * mpp))
     return InstanceDecoding(method, max(1, round(min_px)), float(inf.instance_watershed_h_px) * ratio,
                             distance_core(inf, concept))

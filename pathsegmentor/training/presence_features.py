@@ -146,4 +146,5 @@ def concat_features(a: PresenceFeatures, b: PresenceFeatures) -> PresenceFeature
 def select_features(feats: PresenceFeatures, rows: np.ndarray) -> PresenceFeatures:
     """The rows of ``feats`` where ``rows`` (``bool [N]``) is True, in order."""
     rows = np.asarray(rows, bool)
-    return PresenceFeatures(feats.x[rows], feats.y[rows], *[np.asarray(getattr(feats, k))[rows].tolist() for k in _META])
+    return PresenceFeatures(feats.x[rows], feats.y[rows],
+                            *[np.asarray(getattr(feats, k))[rows].tolist() for k in _META])

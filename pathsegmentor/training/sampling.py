@@ -36,10 +36,11 @@ def sampling_weights(corpus, split: str, balance: str, sources: list[str] | None
                 w[i] = np.mean([1.0 / counts[lb] for lb in ls]) if ls else min(1.0 / c for c in counts.values())
     elif balance != "none":
         raise ValueError(f"Unknown data.balance '{balance}'. Available: ['source', 'category', 'none']")
+    present = sorted(str(x) for x in set(src[keep]))
     for name, factor in (source_weights or {}).items():
-        if name not in set(src[keep]):
+        if name not in present:
             raise ValueError(f"data.source_weights names '{name}', which has no image in split '{split}' "
-                             f"(sources there: {sorted(str(x) for x in set(src[keep]))}); fix the name or drop the entry")
+                             f"(sources there: {present}); fix the name or drop the entry")
         if not factor > 0:
             raise ValueError(f"data.source_weights['{name}'] = {factor}: must be > 0 (to leave a source out, "
                              "list the others in data.sources)")
