@@ -23,7 +23,7 @@ V6 ?= runs/tiny-v6-weights
 V6_COMMIT ?= 268b304
 WEIGHTS = pathsegmentor/weights/pathsegmentor-tiny
 
-.PHONY: refit-presence-tiny v6-weights train-tiny-v7 v5-weights train-tiny-v5 ablate-tiny retrain-tiny corpus v1-weights v2-weights v3-weights v4-weights train-tiny train-tiny-v4 train-tiny-v3 train-tiny-v2 \
+.PHONY: refit-presence-tiny v6-weights train-tiny-v7 train-tiny-v8 v5-weights train-tiny-v5 ablate-tiny retrain-tiny corpus v1-weights v2-weights v3-weights v4-weights train-tiny train-tiny-v4 train-tiny-v3 train-tiny-v2 \
   settings-tiny refit-presence calibrate-tiny eval-tiny bench-tiny baseline-unet train-tiny-v1 test
 
 retrain-tiny: corpus v5-weights train-tiny refit-presence-tiny calibrate-tiny settings-tiny eval-tiny
@@ -47,6 +47,12 @@ train-tiny: v5-weights
 train-tiny-v7: v6-weights
 	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v7-cpu.yaml output_dir=runs/tiny-v7 \
 	  data.corpus=$(abspath $(CORPUS)) model.init_from=$(abspath $(V6))
+
+# the v8 candidate (configs/train/tiny-v8-cpu.yaml): 3000 steps from the v7 candidate's refit weights (runs/tiny-v7r) with
+# synthetic pigment in a fifth of the crops; then refit, calibrate and settings as v7's, from configs/inference/tiny-v8.yaml
+train-tiny-v8:
+	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v8-cpu.yaml output_dir=runs/tiny-v8 \
+	  data.corpus=$(abspath $(CORPUS))
 
 # v5: one leg of 4500 steps from v4 (55 minutes on 2 cores)
 train-tiny-v5: v4-weights

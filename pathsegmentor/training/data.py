@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .augment import brightness_contrast, flip_rotate, hed_jitter, log_uniform_jitter, random_scaled_crop
+from .pigment import paste_pigment
 from .prompt_rows import PromptRows, choose_text_labels
 from .prompt_sampling import GEOMETRIC_KINDS, blank_image, choose_geometric, negative_phrases, other_organ_concepts
 from .sampling import PositionSampler, sampling_weights
@@ -41,6 +42,8 @@ class DataConfig:
     head). ``native_prob``: chance that a crop of an image of ``native_sources`` is cut at the image's own pixels
     instead of the working µm/px (scale jitter kept): what ``segment()`` sees when a user does not know the pixel
     size (``mpp=None``: nothing rescaled). 0 (default) draws nothing, so other recipes' crops are unchanged.
+    ``pigment_prob``: chance that dark pigment is pasted into a crop, covering a fraction drawn from
+    ``pigment_coverage``, every target cleared under it (:mod:`.pigment`); 0 (default) draws nothing.
     """
 
     corpus: str = ""
@@ -67,6 +70,8 @@ class DataConfig:
     cache_decoded: bool = True  # keep decoded corpus samples in memory (small corpora; saves PNG decoding)
     native_prob: float = 0.0
     native_sources: list[str] = field(default_factory=list)
+    pigment_prob: float = 0.0
+    pigment_coverage: tuple[float, float] = (0.05, 0.35)
 
 
 def load_synonyms(corpus_dir: str | Path) -> dict[str, list[str]]:
@@ -117,6 +122,11 @@ class PromptedCrops(Dataset):
         unknown = sorted(set(cfg.geometric_kinds) - set(GEOMETRIC_KINDS))
         if unknown:
             raise ValueError(f"data.geometric_kinds has unknown kind(s) {unknown}. Available: {list(GEOMETRIC_KINDS)}")
+        lo, hi = (float(v) for v in cfg.pigment_coverage)
+        if not (0.0 <= cfg.pigment_prob <= 1.0 and 0.0 < lo <= hi < 1.0):
+            raise ValueError(f"data.pigment_prob={cfg.pigment_prob} / data.pigment_coverage={list(cfg.pigment_coverage)}: "
+                             "the chance must lie in [0, 1] and the coverage be [low, high] with 0 < low <= high < 1 "
+                             "(e.g. data.pigment_coverage=[0.05, 0.35])")
         self._decoded: dict[int, dict[str, Any]] = {}
 
     def _sample(self, index: int) -> dict[str, Any]:
@@ -166,11 +176,16 @@ class PromptedCrops(Dataset):
         img, ms = random_scaled_crop(s["image"], masks, crop=self.cfg.crop, scale=scale, rng=rng)
         arrays = flip_rotate([img] + ms, rng)
         img, ms = arrays[0], arrays[1:]
-        img = hed_jitter(img, rng, self.cfg.hed_sigma, self.cfg.hed_bias)
-        img = brightness_contrast(img, rng, self.cfg.brightness_contrast)
         n_lab, n_ign = len(labels), sum(has_ignore)
         targets = dict(zip(labels, ms[:n_lab]))
         instances = dict(zip(inst_labels, ms[n_lab + n_ign:]))
+        if self.cfg.pigment_prob > 0:
+            pig_rng = np.random.default_rng([self.seed, int(position), 5])
+            if pig_rng.random() < self.cfg.pigment_prob:
+                img, targets, instances = paste_pigment(img, targets, instances, pig_rng,
+                                                        tuple(self.cfg.pigment_coverage))
+        img = hed_jitter(img, rng, self.cfg.hed_sigma, self.cfg.hed_bias)
+        img = brightness_contrast(img, rng, self.cfg.brightness_contrast)
         if self.cfg.blank_prob > 0 and \
                 np.random.default_rng([self.seed, int(position), 2]).random() < self.cfg.blank_prob:
             img = blank_image(np.random.default_rng([self.seed, int(position), 3]), img.shape[0])

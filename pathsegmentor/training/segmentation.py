@@ -165,13 +165,13 @@ class SegmentationObjective(Objective):
         if cfg.data.separation and not getattr(model, "has_separation", False):
             raise ConfigError("data.separation needs a model with a separation head: set "
                               "model.overrides.mask_decoder.separation_channels=3 (or a model config that has one)")
-        ds = PromptedCrops(corpus, cfg.data.train_split, cfg.data, model_mpp=pp.mpp, seed=cfg.train.seed,
-                           synonyms=synonyms, structure_mpp=pp.structure_mpp,
-                           separation_channels=model.config.mask_decoder.separation_channels or 3)
         try:
+            ds = PromptedCrops(corpus, cfg.data.train_split, cfg.data, model_mpp=pp.mpp, seed=cfg.train.seed,
+                               synonyms=synonyms, structure_mpp=pp.structure_mpp,
+                               separation_channels=model.config.mask_decoder.separation_channels or 3)
             weights = sampling_weights(corpus, cfg.data.train_split, cfg.data.balance, cfg.data.sources,
                                        cfg.data.source_weights)
-        except ValueError as e:  # a bad data.balance / sources / source_weights: a config error, named
+        except ValueError as e:  # a bad data.balance / sources / source_weights / pigment / geometric kind: named
             raise ConfigError(str(e)) from None
         self.cache_build_s = 0.0
         if cfg.cache.enabled:
