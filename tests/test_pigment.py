@@ -88,3 +88,13 @@ def test_a_recipe_with_pigment_pastes_it_into_its_crops_and_only_there(tmp_path)
     for label, target in b["targets"].items():
         assert target[dark_b & ~dark_a].sum() <= a["targets"][label][dark_b & ~dark_a].sum()
         assert target.sum() <= a["targets"][label].sum()
+
+
+def test_every_tiny_recipe_loads_and_only_v8_pastes_pigment():
+    recipes = sorted((TEST_RECIPE.parent).glob("tiny-*.yaml"))
+    assert any(r.name == "tiny-v8-cpu.yaml" for r in recipes)
+    for recipe in recipes:
+        data = load_train_config(recipe, []).data
+        assert (data.pigment_prob > 0) == (recipe.name == "tiny-v8-cpu.yaml"), recipe.name
+    v8 = load_train_config(TEST_RECIPE.parent / "tiny-v8-cpu.yaml", []).data
+    assert v8.pigment_prob == 0.2 and list(v8.pigment_coverage) == [0.05, 0.35]
