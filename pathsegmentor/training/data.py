@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .augment import brightness_contrast, flip_rotate, hed_jitter, log_uniform_jitter, random_scaled_crop
-from .pigment import paste_pigment
+from .pigment import check_pigment, paste_pigment
 from .prompt_rows import PromptRows, choose_text_labels
 from .prompt_sampling import GEOMETRIC_KINDS, blank_image, choose_geometric, negative_phrases, other_organ_concepts
 from .sampling import PositionSampler, sampling_weights
@@ -122,11 +122,7 @@ class PromptedCrops(Dataset):
         unknown = sorted(set(cfg.geometric_kinds) - set(GEOMETRIC_KINDS))
         if unknown:
             raise ValueError(f"data.geometric_kinds has unknown kind(s) {unknown}. Available: {list(GEOMETRIC_KINDS)}")
-        lo, hi = (float(v) for v in cfg.pigment_coverage)
-        if not (0.0 <= cfg.pigment_prob <= 1.0 and 0.0 < lo <= hi < 1.0):
-            raise ValueError(f"data.pigment_prob={cfg.pigment_prob} / data.pigment_coverage={list(cfg.pigment_coverage)}: "
-                             "the chance must lie in [0, 1] and the coverage be [low, high] with 0 < low <= high < 1 "
-                             "(e.g. data.pigment_coverage=[0.05, 0.35])")
+        self._pigment_coverage = check_pigment(cfg.pigment_prob, cfg.pigment_coverage)
         self._decoded: dict[int, dict[str, Any]] = {}
 
     def _sample(self, index: int) -> dict[str, Any]:
@@ -182,8 +178,7 @@ class PromptedCrops(Dataset):
         if self.cfg.pigment_prob > 0:
             pig_rng = np.random.default_rng([self.seed, int(position), 5])
             if pig_rng.random() < self.cfg.pigment_prob:
-                img, targets, instances = paste_pigment(img, targets, instances, pig_rng,
-                                                        tuple(self.cfg.pigment_coverage))
+                img, targets, instances = paste_pigment(img, targets, instances, pig_rng, self._pigment_coverage)
         img = hed_jitter(img, rng, self.cfg.hed_sigma, self.cfg.hed_bias)
         img = brightness_contrast(img, rng, self.cfg.brightness_contrast)
         if self.cfg.blank_prob > 0 and \

@@ -11,7 +11,18 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFilter
 
-__all__ = ["paste_pigment", "pigment_alpha"]
+__all__ = ["check_pigment", "paste_pigment", "pigment_alpha"]
+
+
+def check_pigment(prob: float, coverage) -> tuple[float, float]:
+    """Validate a recipe's ``data.pigment_prob`` (chance, [0, 1]) and ``data.pigment_coverage`` (``[low, high]``,
+    0 < low <= high < 1); returns the coverage as a tuple. Raises ``ValueError`` naming both values and the fix."""
+    lo, hi = (float(v) for v in coverage)
+    if not (0.0 <= prob <= 1.0 and 0.0 < lo <= hi < 1.0):
+        raise ValueError(f"data.pigment_prob={prob} / data.pigment_coverage={list(coverage)}: the chance must lie in "
+                         "[0, 1] and the coverage be [low, high] with 0 < low <= high < 1 "
+                         "(e.g. data.pigment_coverage=[0.05, 0.35])")
+    return lo, hi
 
 
 def _smooth_noise(size: int, cells: int, rng: np.random.Generator) -> np.ndarray:
