@@ -23,7 +23,7 @@ V6 ?= runs/tiny-v6-weights
 V6_COMMIT ?= 268b304
 WEIGHTS = pathsegmentor/weights/pathsegmentor-tiny
 
-.PHONY: refit-presence-tiny v6-weights train-tiny-v7 train-tiny-v8 v5-weights train-tiny-v5 ablate-tiny retrain-tiny corpus v1-weights v2-weights v3-weights v4-weights train-tiny train-tiny-v4 train-tiny-v3 train-tiny-v2 \
+.PHONY: refit-presence-tiny v6-weights train-tiny-v7 train-tiny-v8 refit-presence-v9 v5-weights train-tiny-v5 ablate-tiny retrain-tiny corpus v1-weights v2-weights v3-weights v4-weights train-tiny train-tiny-v4 train-tiny-v3 train-tiny-v2 \
   settings-tiny refit-presence calibrate-tiny eval-tiny bench-tiny baseline-unet train-tiny-v1 test
 
 retrain-tiny: corpus v5-weights train-tiny refit-presence-tiny calibrate-tiny settings-tiny eval-tiny
@@ -53,6 +53,17 @@ train-tiny-v7: v6-weights
 train-tiny-v8:
 	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v8-cpu.yaml output_dir=runs/tiny-v8 \
 	  data.corpus=$(abspath $(CORPUS))
+
+# the v9 candidate: v8's trained network (runs/tiny-v8/model, `make train-tiny-v8`) with its presence head refit by
+# cross-validation over training cases and negative phrases (two ontology synonyms per category added to v8's rows), the
+# threshold out of fold, settings from configs/inference/tiny-v9.yaml (about 25 minutes for the synonym rows, once)
+V9 ?= runs/tiny-v9
+refit-presence-v9:
+	OMP_NUM_THREADS=2 python -m pathsegmentor.training.presence_refit runs/tiny-v8/model --data $(CORPUS) --out $(V9) \
+	  --features runs/tiny-v8/presence-features.npz --synonym-features runs/tiny-v8/presence-synonyms.npz --synonyms 2 \
+	  --selection cv --cv-folds 4 --max-epochs 40 --cv-lr 3e-4 --cv-l2 1e-3 1e-2 3e-2
+	python -m pathsegmentor.evaluation.settings $(V9) configs/inference/tiny-v9.yaml \
+	  --calibration $(V9)/presence_calibration_oof.json
 
 # v5: one leg of 4500 steps from v4 (55 minutes on 2 cores)
 train-tiny-v5: v4-weights

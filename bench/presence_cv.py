@@ -8,7 +8,8 @@ patients, 12 biopsies) is too few to tell, so every case of the corpus (train an
 
 1. the presence head is refit from the model's head on the other folds' features (``training.presence_refit.refit``:
    epoch count chosen on a grouped hold-out inside them, cell-balanced BCE, L2 pull to the start weights);
-2. its threshold is calibrated on the other folds (MCC over all their pairs, as ``evaluation.presence`` does);
+2. its threshold is calibrated on the other folds (MCC over all their pairs, as ``evaluation.presence`` does; with
+   ``--selection cv``, the refit's own out-of-fold calibration inside the other folds, as the shipped recipe does);
 3. the held-out fold is scored: "tumor" on each **Normal** EBHI-Seg biopsy is absent when its presence is under the
    threshold (the mask is empty then: ``segment()`` gates on presence), per view (the corpus' pixel size, and the
    pixel size unknown), "tumor" on adenocarcinoma biopsies found, and the MCC over every certain pair.
@@ -83,6 +84,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default="runs/pathseg-shared")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--selection", choices=("holdout", "cv"), default="holdout",
+                    help="the refit's selection (training.presence_refit --selection): with cv each fold's threshold is "
+                         "its out-of-fold calibration inside the other folds, as the shipped recipe's")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sources", nargs="*", default=[],
                     help="only these sources' images (e.g. ebhi_seg: the diagnosis negatives); default: all")
@@ -104,7 +108,7 @@ def main(argv=None) -> int:
     from pathsegmentor.evaluation.presence import Pair, calibrate
     from pathsegmentor.training.presence_features import (collect_features, concat_features, load_features,
                                                           save_features, select_features)
-    from pathsegmentor.training.presence_refit import RefitConfig, refit
+    from pathsegmentor.training.presence_refit import CVConfig, RefitConfig, refit
     from pathsegmentor.training.prompt_sampling import negative_phrases
 
     torch.set_num_threads(args.threads)
@@ -140,11 +144,15 @@ def main(argv=None) -> int:
     for k in range(args.folds):
         held, train = fold == k, fold != k
         sub = select_features(feats, train)
-        head, report = refit(head0, sub, RefitConfig(seed=args.seed))
+        head, report = refit(head0, sub, RefitConfig(seed=args.seed, selection=args.selection,
+                                                     cv=CVConfig(seed=args.seed)))
         p = presence_of(head, feats.x)
-        pairs = [Pair("", s, "", kd, bool(t), float(v), False) for s, kd, t, v in
-                 zip(np.asarray(feats.source)[train], np.asarray(feats.kind)[train], feats.y[train], p[train])]
-        thr, train_mcc = calibrate(pairs)
+        if args.selection == "cv":
+            thr, train_mcc = (report["calibration"]["calibrated"][k] for k in ("threshold", "mcc"))
+        else:
+            pairs = [Pair("", s, "", kd, bool(t), float(v), False) for s, kd, t, v in
+                     zip(np.asarray(feats.source)[train], np.asarray(feats.kind)[train], feats.y[train], p[train])]
+            thr, train_mcc = calibrate(pairs)
         row = {"fold": k, "cases": len({g for g, h in zip(groups, held) if h}), "epochs": report["epochs"],
                "threshold": round(thr, 4), "train_mcc": round(train_mcc, 4), **score(p, thr, feats, held)}
         per_fold.append(row)
@@ -156,7 +164,7 @@ def main(argv=None) -> int:
         return {k: f"{v[0]}/{v[1]} = {v[0] / max(1, v[1]):.3f}" for k, v in d.items()}
 
     val = split_of == "validation"
-    summary = {"model": args.model, "sources": args.sources or "all", "folds": args.folds, "cases": len(set(groups)), "rows": int(len(feats.y)),
+    summary = {"model": args.model, "sources": args.sources or "all", "folds": args.folds, "selection": args.selection, "cases": len(set(groups)), "rows": int(len(feats.y)),
                "refit_per_fold (held-out cases)": rate(refit_total),
                "refit_mcc_per_fold": [r["mcc"] for r in per_fold],
                "shipped_head_all_cases (train cases seen in training)": rate(shipped_total),

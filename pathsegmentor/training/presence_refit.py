@@ -16,94 +16,40 @@ Steps (all on the corpus' **train** split; validation is never read):
    input. Sources whose pixel size is estimated (``views_none``) are also run with the pixel size unknown
    (``mpp=None``), as a user with such images would.
 2. **Select** the number of epochs on a hold-out of train *cases* (grouped by ``patient_id``): the epoch
-   count with the best balanced log-loss there.
+   count with the best balanced log-loss there. ``--selection cv`` (:mod:`.presence_selection`, v9 on): the
+   learning rate, L2 pull and epochs by K-fold cross-validation over cases and over negative phrases, and the
+   threshold from the out-of-fold presences (``presence_calibration_oof.json``).
 3. **Fit** the head from its current weights on all train features for that many epochs: BCE, every
    (source, kind, truth) cell weighted equally (the few certain diagnosis negatives are not outweighed by the
    many easy phrase negatives), an L2 pull toward the initial weights.
 4. **Write** ``NEW_MODEL_DIR``: the config copied, ``model.safetensors`` with only ``presence_head.*``
    replaced, and ``presence_refit.json`` (data counts, selection curve, hold-out figures). Recalibrate the
-   threshold afterwards with ``python -m pathsegmentor.evaluation.presence NEW_MODEL_DIR --write``.
+   threshold afterwards with ``python -m pathsegmentor.evaluation.presence NEW_MODEL_DIR --write`` (with
+   ``--selection cv``, pass ``presence_calibration_oof.json`` to ``evaluation.settings --calibration`` instead).
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import shutil
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from .presence_fit import balanced_log_loss, cell_weights, fit_head, grouped_holdout
+from .presence_selection import CVConfig, oof_calibration, select_by_cv
 from .presence_features import (PresenceFeatures, capture_presence_inputs, collect_features, concat_features,
                                 load_features, save_features, with_synonyms)
 
-__all__ = ["HEAD_PREFIX", "PresenceFeatures", "RefitConfig", "balanced_log_loss", "capture_presence_inputs",
+__all__ = ["CVConfig", "HEAD_PREFIX", "PresenceFeatures", "RefitConfig", "balanced_log_loss", "capture_presence_inputs",
            "cell_weights", "collect_features", "concat_features", "fit_head", "grouped_holdout", "load_features",
            "main", "refit", "save_features", "with_synonyms", "write_model"]
 
 HEAD_PREFIX = "mask_decoder.presence_head."
-
-
-def cell_weights(*columns: Sequence) -> np.ndarray:
-    """``float32 [N]``: every cell of the given columns (e.g. source, kind, truth) gets the same total weight;
-    mean weight 1."""
-    keys = ["|".join(str(c) for c in row) for row in zip(*columns)]
-    _, inv, counts = np.unique(keys, return_inverse=True, return_counts=True)
-    w = (1.0 / counts[inv]).astype(np.float32)
-    return w * (len(w) / w.sum())
-
-
-def balanced_log_loss(head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> float:
-    with torch.no_grad():
-        return float((F.binary_cross_entropy_with_logits(head(x).squeeze(-1), y, reduction="none") * w).sum() / w.sum())
-
-
-def fit_head(head: torch.nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarray, *, epochs: int, lr: float = 1e-3,
-             l2: float = 1e-3, batch_size: int = 256, seed: int = 0,
-             eval_set: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-             return_best: bool = False) -> tuple[torch.nn.Module, list[float]]:
-    """A copy of ``head`` trained on ``(x, y)`` with per-row weights ``w`` (AdamW, BCE, ``l2`` * squared
-    distance to the initial weights); returns it and, with ``eval_set``, the weighted log-loss after each
-    epoch (index 0: before training). ``return_best``: the head as it was at the epoch of least eval loss."""
-    torch.manual_seed(seed)
-    head = copy.deepcopy(head).float().train()
-    init = [p.detach().clone() for p in head.parameters()]
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0)
-    xt, yt, wt = torch.from_numpy(x), torch.from_numpy(y.astype(np.float32)), torch.from_numpy(w)
-    ev = None if eval_set is None else tuple(torch.from_numpy(np.asarray(a, np.float32)) for a in eval_set)
-    curve = [balanced_log_loss(head, *ev)] if ev else []
-    best_state = copy.deepcopy(head.state_dict())
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        perm = torch.randperm(len(xt), generator=gen)
-        for b in range(0, len(perm), batch_size):
-            sel = perm[b:b + batch_size]
-            loss = (F.binary_cross_entropy_with_logits(head(xt[sel]).squeeze(-1), yt[sel], reduction="none")
-                    * wt[sel]).sum() / wt[sel].sum()
-            loss = loss + l2 * sum(((p - q) ** 2).sum() for p, q in zip(head.parameters(), init))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        if ev:
-            curve.append(balanced_log_loss(head, *ev))
-            if return_best and curve[-1] < min(curve[:-1]):
-                best_state = copy.deepcopy(head.state_dict())
-    if return_best and ev:
-        head.load_state_dict(best_state)
-    return head.eval(), curve
-
-
-def grouped_holdout(groups: Sequence[str], fraction: float, seed: int) -> np.ndarray:
-    """``bool [N]``: rows whose group falls in a random ``fraction`` of the groups."""
-    uniq = sorted(set(groups))
-    rng = np.random.default_rng(seed)
-    held = set(rng.choice(uniq, max(1, int(round(fraction * len(uniq)))), replace=False).tolist())
-    return np.array([g in held for g in groups])
 
 
 @dataclass
@@ -113,12 +59,26 @@ class RefitConfig:
     l2: float = 1e-3
     holdout_fraction: float = 0.25
     seed: int = 0
+    selection: str = "holdout"  # holdout | cv (.presence_selection: lr, l2, epochs and threshold out of fold)
+    cv: CVConfig = field(default_factory=CVConfig)
 
 
 def refit(head: torch.nn.Module, feats: PresenceFeatures, cfg: RefitConfig) -> tuple[torch.nn.Module, dict]:
-    """Choose the epoch count on a grouped hold-out of ``feats``, then fit on all of them (see the module
-    docstring); returns the new head and a report."""
+    """Choose the epoch count on a grouped hold-out of ``feats`` (``cfg.selection="cv"``: lr, l2, epochs and the
+    threshold by :func:`.presence_selection.select_by_cv`), then fit on all of them (see the module docstring);
+    returns the new head and a report."""
     from ..evaluation.presence import calibrate, Pair
+
+    if cfg.selection == "cv":
+        choice, oof = select_by_cv(head, feats, cfg.cv)
+        w = cell_weights(np.asarray(feats.source), np.asarray(feats.kind), feats.y)
+        new, _ = fit_head(head, feats.x, feats.y, w, epochs=choice["epochs"], lr=choice["lr"], l2=choice["l2"],
+                          seed=cfg.seed)
+        return new, {"config": asdict(cfg), "rows": int(len(feats.y)), "positives": int(feats.y.sum()),
+                     "epochs": choice["epochs"], "cv": choice, "calibration": oof_calibration(feats, oof, cfg.cv.folds),
+                     "counts": _counts(feats)}
+    if cfg.selection != "holdout":
+        raise ValueError(f"RefitConfig.selection={cfg.selection!r}; choose 'holdout' or 'cv'")
 
     src, kind = np.asarray(feats.source), np.asarray(feats.kind)
     w = cell_weights(src, kind, feats.y)
@@ -170,6 +130,8 @@ def write_model(src_dir: Path, out_dir: Path, head: torch.nn.Module, report: dic
     shutil.copyfile(src_dir / "config.json", out_dir / "config.json")
     tmp.replace(out_dir / "model.safetensors")
     (out_dir / "presence_refit.json").write_text(json.dumps(report, indent=1) + "\n")
+    if "calibration" in report:  # cross-validated: the out-of-fold threshold, in evaluation.presence's format
+        (out_dir / "presence_calibration_oof.json").write_text(json.dumps({"summary": report["calibration"]}, indent=1))
     return out_dir
 
 
@@ -191,6 +153,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--max-epochs", type=int, default=RefitConfig.max_epochs)
     ap.add_argument("--lr", type=float, default=RefitConfig.lr)
     ap.add_argument("--l2", type=float, default=RefitConfig.l2)
+    ap.add_argument("--selection", choices=("holdout", "cv"), default="holdout",
+                    help="holdout: epochs on one grouped hold-out; cv: lr / l2 / epochs and the threshold out of fold over "
+                         "cases and negative phrases (writes presence_calibration_oof.json)")
+    ap.add_argument("--cv-folds", type=int, default=CVConfig.folds)
+    ap.add_argument("--cv-l2", type=float, nargs="+", default=list(CVConfig.l2s), help="L2 pulls tried (cv)")
+    ap.add_argument("--cv-lr", type=float, nargs="+", default=list(CVConfig.lrs), help="learning rates tried (cv)")
     args = ap.parse_args(argv)
 
     from data_builders import load_pathseg
@@ -208,6 +176,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if not Path(args.data).is_dir():
         print(f"error: corpus directory not found: '{args.data}'. Build it with pathseg-build.", file=sys.stderr)
+        return 2
+    try:
+        cv = CVConfig(folds=args.cv_folds, max_epochs=args.max_epochs, lrs=tuple(args.cv_lr), l2s=tuple(args.cv_l2))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     model = from_pretrained(str(src)).eval()
     corpus = None
@@ -229,14 +202,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.synonym_features:
         feats = concat_features(feats, collect(Path(args.synonym_features), n_synonyms=args.synonyms or 1,
                                                only_synonyms=True, seed=1))
-    cfg = RefitConfig(max_epochs=args.max_epochs, lr=args.lr, l2=args.l2)
+    cfg = RefitConfig(max_epochs=args.max_epochs, lr=args.lr, l2=args.l2, selection=args.selection, cv=cv)
     head, report = refit(model.mask_decoder.presence_head, feats, cfg)
     report["source_model"] = str(src)
     write_model(src, out, head, report)
-    print(json.dumps({k: report[k] for k in
-                      ("rows", "positives", "epochs", "holdout_mcc_before", "holdout_mcc_after")}))
-    print(f"refit model written to {out}; calibrate its threshold next: "
-          f"python -m pathsegmentor.evaluation.presence {out} --data {args.data} --split train --write")
+    print(json.dumps({k: report[k] for k in ("rows", "positives", "epochs", "holdout_mcc_before", "holdout_mcc_after")
+                      if k in report}))
+    if "calibration" in report:
+        print(f"refit model written to {out}; its out-of-fold threshold is in {out / 'presence_calibration_oof.json'} "
+              f"(python -m pathsegmentor.evaluation.settings {out} SETTINGS.yaml --calibration that file)")
+    else:
+        print(f"refit model written to {out}; calibrate its threshold next: "
+              f"python -m pathsegmentor.evaluation.presence {out} --data {args.data} --split train --write")
     return 0
 
 
