@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     fold = fold_of_groups(groups, args.folds, args.seed)
     head0 = model.mask_decoder.presence_head
     shipped_thr = float(model.config.inference.presence_threshold)
-    shipped = np.asarray(feats.presence, np.float32)
+    shipped = presence_of(head0, feats.x)  # this model's head (cached features may come from another head)
 
     refit_total: dict = {}
     shipped_total: dict = {}
