@@ -16,7 +16,8 @@ every decoder setting is applied to them offline:
 Prints mean AJI and PQ per setting (the shipped one is marked). Nothing here is asserted.
 
 ``--min-object`` prints instead the ``distance`` decoder (the model's core) with objects under A µm² not counted
-(``inference.instance_min_object_um2``), the mask unchanged: AJI, PQ, DQ and object counts per A.
+(``inference.instance_min_object_um2``), the mask unchanged: AJI, PQ, DQ and object counts per A; with ``--cores``
+one such table per core (the core and the smallest object chosen together).
 
 ``--oracle-mask`` prints instead where the shipped decoder loses: the same predicted maps decoded from the model's
 own mask and from the ground-truth mask (the ``distance`` decoder at the model's core for the object type), with
@@ -127,6 +128,9 @@ def main(argv=None) -> int:
     ap.add_argument("--min-object", action="store_true",
                     help="sweep the smallest object counted (inference.instance_min_object_um2) under the distance "
                          "decoder at the model's core")
+    ap.add_argument("--cores", type=float, nargs="+", default=None,
+                    help="with --min-object: one table per distance core instead of the model's (a joint choice of "
+                         "the core and the smallest object, e.g. by object F1 for glands)")
     args = ap.parse_args(argv)
     import torch
 
@@ -154,8 +158,8 @@ def main(argv=None) -> int:
         from pathsegmentor.inference.separation import distance_core, min_object_um2
 
         inf, label = model.config.inference, LABELS[args.source]
-        min_object_table(images, distance_core(inf, label), inf.mask_threshold, min_object_um2(inf, label),
-                         MIN_OBJECT_UM2[args.source])
+        for core in args.cores or [distance_core(inf, label)]:
+            min_object_table(images, core, inf.mask_threshold, min_object_um2(inf, label), MIN_OBJECT_UM2[args.source])
         return 0
     print("| decoder | parameter | mask threshold | AJI | PQ |")
     print("|---|---|---|---|---|")
