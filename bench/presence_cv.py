@@ -6,7 +6,8 @@ Does the presence head say "no tumour" on a Normal biopsy of a patient it never 
 patients, 12 biopsies) is too few to tell, so every case of the corpus (train and validation, grouped by source and
 ``patient_id``) is put in ``--folds`` folds, and for each fold:
 
-1. the presence head is refit from the model's head on the other folds' features (``training.presence_refit.refit``:
+1. the presence head is refit from the model's head (``--refit-from``: another model's, e.g. the network before its
+   presence refit, whose head never saw a training case through that refit) on the other folds' features (``training.presence_refit.refit``:
    epoch count chosen on a grouped hold-out inside them, cell-balanced BCE, L2 pull to the start weights);
 2. its threshold is calibrated on the other folds (MCC over all their pairs, as ``evaluation.presence`` does; with
    ``--selection cv``, the refit's own out-of-fold calibration inside the other folds, as the shipped recipe does);
@@ -84,6 +85,10 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default="runs/pathseg-shared")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--refit-from", default=None,
+                    help="the model whose presence head each fold is refit from (default: --model's own). A shipped head "
+                         "was itself refit on the training cases; pass the network before that refit (e.g. "
+                         "runs/tiny-v8/model) so no fold starts from a head that saw its held-out cases")
     ap.add_argument("--selection", choices=("holdout", "cv"), default="holdout",
                     help="the refit's selection (training.presence_refit --selection): with cv each fold's threshold is "
                          "its out-of-fold calibration inside the other folds, as the shipped recipe's")
@@ -99,6 +104,11 @@ def main(argv=None) -> int:
         print(f"error: --train-features '{args.train_features}' not found; pass the .npz that "
               "`python -m pathsegmentor.training.presence_refit MODEL --features PATH` wrote, or leave the flag out "
               "to collect the features here", file=sys.stderr)
+        return 2
+    if args.refit_from and not (Path(args.refit_from) / "config.json").is_file():
+        print(f"error: --refit-from '{args.refit_from}' is not a model directory (config.json + model.safetensors); "
+              "pass the network before its presence refit, e.g. runs/tiny-v8/model, or leave the flag out",
+              file=sys.stderr)
         return 2
 
     import torch
@@ -134,9 +144,11 @@ def main(argv=None) -> int:
     split_of = np.array([s for s, f in parts for _ in range(len(f.y))])
     groups = [f"{s}|{g}" for s, g in zip(feats.source, feats.group)]
     fold = fold_of_groups(groups, args.folds, args.seed)
-    head0 = model.mask_decoder.presence_head
+    # the head each fold is refit from: the model's own, or that of the network before its refit (--refit-from)
+    head0 = from_pretrained(args.refit_from).eval().mask_decoder.presence_head if args.refit_from else \
+        model.mask_decoder.presence_head
     shipped_thr = float(model.config.inference.presence_threshold)
-    shipped = presence_of(head0, feats.x)  # this model's head (cached features may come from another head)
+    shipped = presence_of(model.mask_decoder.presence_head, feats.x)  # this model's head (cached features may come from another head)
 
     refit_total: dict = {}
     shipped_total: dict = {}
@@ -164,7 +176,8 @@ def main(argv=None) -> int:
         return {k: f"{v[0]}/{v[1]} = {v[0] / max(1, v[1]):.3f}" for k, v in d.items()}
 
     val = split_of == "validation"
-    summary = {"model": args.model, "sources": args.sources or "all", "folds": args.folds, "selection": args.selection, "cases": len(set(groups)), "rows": int(len(feats.y)),
+    summary = {"model": args.model, "sources": args.sources or "all", "folds": args.folds, "selection": args.selection,
+               "refit_from": args.refit_from or args.model, "cases": len(set(groups)), "rows": int(len(feats.y)),
                "refit_per_fold (held-out cases)": rate(refit_total),
                "refit_mcc_per_fold": [r["mcc"] for r in per_fold],
                "shipped_head_all_cases (train cases seen in training)": rate(shipped_total),

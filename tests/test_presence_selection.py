@@ -94,3 +94,31 @@ def test_cli_cv_writes_the_out_of_fold_calibration_the_settings_read(test_model_
     assert main([str(test_model_dir), "--data", str(corpus), "--out", str(tmp_path / "bad"), "--features",
                  str(tmp_path / "f.npz"), "--selection", "cv", "--cv-folds", "1"]) == 2
     assert "at least 2 folds" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_presence_cv_bench_refits_each_fold_from_the_given_head(test_model_dir, tmp_path, capsys):
+    """bench/presence_cv.py end to end on a synthetic corpus: both selections run, the summary names the head the
+    folds start from, and a --refit-from that is not a model is refused before any work."""
+    import importlib.util
+    from pathlib import Path
+
+    from data_builders import build
+    from data_builders.synthetic import write_folder_dataset
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "presence_cv.py"
+    spec = importlib.util.spec_from_file_location("presence_cv_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    src = write_folder_dataset(tmp_path / "src", n=8, size=64)
+    corpus = build({"folder": src}, tmp_path / "corpus", val_fraction=0.25, tile=1024, seed=0, progress=False)
+    for selection in ("holdout", "cv"):
+        out = tmp_path / f"cv-{selection}"
+        assert bench.main(["--model", str(test_model_dir), "--data", str(corpus), "--folds", "2", "--threads", "1",
+                           "--selection", selection, "--refit-from", str(test_model_dir), "--out", str(out)]) == 0
+        summary = json.loads((out / "presence_cv.json").read_text())["summary"]
+        assert summary["selection"] == selection and summary["refit_from"] == str(test_model_dir)
+        assert len(summary["refit_mcc_per_fold"]) == 2
+    capsys.readouterr()
+    assert bench.main(["--model", str(test_model_dir), "--data", str(corpus), "--refit-from", str(tmp_path / "nope"),
+                       "--out", str(tmp_path / "bad")]) == 2
+    assert "is not a model directory" in capsys.readouterr().err and not (tmp_path / "bad").exists()
