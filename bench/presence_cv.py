@@ -160,7 +160,8 @@ def main(argv=None) -> int:
                                                      cv=CVConfig(seed=args.seed)))
         p = presence_of(head, feats.x)
         if args.selection == "cv":
-            thr, train_mcc = (report["calibration"]["calibrated"][k] for k in ("threshold", "mcc"))
+            cal = report["calibration"]["calibrated"]
+            thr, train_mcc = cal["threshold"], cal["mcc"]
         else:
             pairs = [Pair("", s, "", kd, bool(t), float(v), False) for s, kd, t, v in
                      zip(np.asarray(feats.source)[train], np.asarray(feats.kind)[train], feats.y[train], p[train])]

@@ -29,17 +29,27 @@ def balanced_log_loss(head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, w
 def fit_head(head: torch.nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarray, *, epochs: int, lr: float = 1e-3,
              l2: float = 1e-3, batch_size: int = 256, seed: int = 0,
              eval_set: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-             return_best: bool = False) -> tuple[torch.nn.Module, list[float]]:
+             return_best: bool = False, eval_probs: list | None = None) -> tuple[torch.nn.Module, list[float]]:
     """A copy of ``head`` trained on ``(x, y)`` with per-row weights ``w`` (AdamW, BCE, ``l2`` * squared
     distance to the initial weights); returns it and, with ``eval_set``, the weighted log-loss after each
-    epoch (index 0: before training). ``return_best``: the head as it was at the epoch of least eval loss."""
+    epoch (index 0: before training). ``return_best``: the head as it was at the epoch of least eval loss.
+    ``eval_probs``: a list that receives, after each epoch (index 0: before training), ``float32 [M]``, the
+    presences of ``eval_set``'s rows (the same forward pass as the loss)."""
     torch.manual_seed(seed)
     head = copy.deepcopy(head).float().train()
     init = [p.detach().clone() for p in head.parameters()]
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0)
     xt, yt, wt = torch.from_numpy(x), torch.from_numpy(y.astype(np.float32)), torch.from_numpy(w)
     ev = None if eval_set is None else tuple(torch.from_numpy(np.asarray(a, np.float32)) for a in eval_set)
-    curve = [balanced_log_loss(head, *ev)] if ev else []
+
+    def evaluate() -> float:
+        with torch.no_grad():
+            logits = head(ev[0]).squeeze(-1)
+        if eval_probs is not None:
+            eval_probs.append(torch.sigmoid(logits).numpy())
+        return float((F.binary_cross_entropy_with_logits(logits, ev[1], reduction="none") * ev[2]).sum() / ev[2].sum())
+
+    curve = [evaluate()] if ev else []
     best_state = copy.deepcopy(head.state_dict())
     gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
@@ -53,7 +63,7 @@ def fit_head(head: torch.nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarray,
             loss.backward()
             opt.step()
         if ev:
-            curve.append(balanced_log_loss(head, *ev))
+            curve.append(evaluate())
             if return_best and curve[-1] < min(curve[:-1]):
                 best_state = copy.deepcopy(head.state_dict())
     if return_best and ev:

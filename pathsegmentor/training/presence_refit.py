@@ -69,9 +69,10 @@ def refit(head: torch.nn.Module, feats: PresenceFeatures, cfg: RefitConfig) -> t
     returns the new head and a report."""
     from ..evaluation.presence import calibrate, Pair
 
+    src, kind = np.asarray(feats.source), np.asarray(feats.kind)
+    w = cell_weights(src, kind, feats.y)
     if cfg.selection == "cv":
         choice, oof = select_by_cv(head, feats, cfg.cv)
-        w = cell_weights(np.asarray(feats.source), np.asarray(feats.kind), feats.y)
         new, _ = fit_head(head, feats.x, feats.y, w, epochs=choice["epochs"], lr=choice["lr"], l2=choice["l2"],
                           seed=cfg.seed)
         return new, {"config": asdict(cfg), "rows": int(len(feats.y)), "positives": int(feats.y.sum()),
@@ -79,9 +80,6 @@ def refit(head: torch.nn.Module, feats: PresenceFeatures, cfg: RefitConfig) -> t
                      "counts": _counts(feats)}
     if cfg.selection != "holdout":
         raise ValueError(f"RefitConfig.selection={cfg.selection!r}; choose 'holdout' or 'cv'")
-
-    src, kind = np.asarray(feats.source), np.asarray(feats.kind)
-    w = cell_weights(src, kind, feats.y)
     held = grouped_holdout([f"{s}|{g}" for s, g in zip(feats.source, feats.group)], cfg.holdout_fraction, cfg.seed)
     tr = ~held
     w_tr, w_held = cell_weights(src[tr], kind[tr], feats.y[tr]), cell_weights(src[held], kind[held], feats.y[held])

@@ -88,28 +88,29 @@ def select_by_cv(head: torch.nn.Module, feats: PresenceFeatures, cfg: CVConfig) 
     the mean curve of every grid point) and ``oof float [N]``, each row's presence from the head of the fold that held
     it out at that choice (NaN for rows no fold held: phrases whose case and phrase folds differ)."""
     cfold, pfold = case_phrase_folds(feats, cfg.folds, cfg.seed)
-    masks = [fold_masks(cfold, pfold, k) for k in range(cfg.folds)]
+    folds = []  # per fold: fit rows, held rows, and their cell weights (computed once for the whole grid)
+    for k in range(cfg.folds):
+        fit, held = fold_masks(cfold, pfold, k)
+        folds.append((fit, held, _weights(feats, fit), _weights(feats, held)))
     curves: dict[str, list[float]] = {}
-    best = (np.inf, 0.0, 0.0, 0)
+    best = (np.inf, 0.0, 0.0, 0, [])
     for lr in cfg.lrs:
         for l2 in cfg.l2s:
-            per_fold = []
-            for fit, held in masks:
-                _, c = fit_head(head, feats.x[fit], feats.y[fit], _weights(feats, fit), epochs=cfg.max_epochs, lr=lr,
-                                l2=l2, seed=cfg.seed, eval_set=(feats.x[held], feats.y[held], _weights(feats, held)))
+            per_fold, probs = [], []
+            for fit, held, w_fit, w_held in folds:
+                probs.append([])  # the held-out presences after each epoch: the out-of-fold answer at any epoch
+                _, c = fit_head(head, feats.x[fit], feats.y[fit], w_fit, epochs=cfg.max_epochs, lr=lr, l2=l2,
+                                seed=cfg.seed, eval_set=(feats.x[held], feats.y[held], w_held), eval_probs=probs[-1])
                 per_fold.append(c)
             mean = np.mean(per_fold, axis=0)
             curves[f"lr={lr:g} l2={l2:g}"] = [round(float(v), 4) for v in mean]
             e = int(np.argmin(mean))
             if mean[e] < best[0]:
-                best = (float(mean[e]), lr, l2, e)
-    _, lr, l2, epochs = best
+                best = (float(mean[e]), lr, l2, e, [p[e] for p in probs])
+    _, lr, l2, epochs, at_best = best
     oof = np.full(len(feats.y), np.nan)
-    for fit, held in masks:
-        h, _ = fit_head(head, feats.x[fit], feats.y[fit], _weights(feats, fit), epochs=epochs, lr=lr, l2=l2,
-                        seed=cfg.seed)
-        with torch.no_grad():
-            oof[held] = torch.sigmoid(h(torch.from_numpy(feats.x[held])).squeeze(-1)).numpy()
+    for (_, held, _, _), p in zip(folds, at_best):
+        oof[held] = p
     choice = {"lr": lr, "l2": l2, "epochs": epochs, "mean_heldout_log_loss": round(best[0], 4),
               "folds": cfg.folds, "grid_curves": curves}
     return choice, oof
