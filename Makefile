@@ -1,14 +1,17 @@
-# Reproduce the shipped pathsegmentor-tiny v6 from ../shared/data (2 CPU cores: about an hour of training, then 35
-# minutes of presence features). v6 (configs/train/tiny-v6-cpu.yaml) continues v5, the weights of commit $(V5_COMMIT)
+# Reproduce the shipped pathsegmentor-tiny v10 from ../shared/data (2 CPU cores: three legs of about an hour each, each
+# followed by 10-35 minutes of presence features; `make retrain-tiny`). v10 (configs/train/tiny-v10-cpu.yaml) continues
+# the v8 candidate's refit weights (runs/tiny-v8r), v8 (tiny-v8-cpu.yaml) the v7 candidate's (runs/tiny-v7r), v7
+# (tiny-v7-cpu.yaml) v6 as shipped, the weights of commit $(V6_COMMIT) (`v6-weights`); v6 (configs/train/tiny-v6-cpu.yaml,
+# `make train-tiny`) continued v5, the weights of commit $(V5_COMMIT)
 # (`v5-weights`); v5 (configs/train/tiny-v5-cpu.yaml, `make train-tiny-v5`) continued v4, the weights of commit $(V4_COMMIT) extracted from git history by
 # `v4-weights`; v4 (dense pixel decoder, configs/train/tiny-v4-cpu.yaml, `make train-tiny-v4`) started from v3, the
 # weights of commit $(V3_COMMIT) (`v3-weights`); v3 continued v2 (commit $(V2_COMMIT), `v2-weights`, `make train-tiny-v3`), v2 was
 # fine-tuned from v1 (commit $(V1_COMMIT), `v1-weights`, `make train-tiny-v2`).
 CORPUS ?= runs/pathseg-shared
-RUN ?= runs/tiny-v6
+RUN ?= runs/tiny-v10
 V5RUN ?= runs/tiny-v5
 V4RUN ?= runs/tiny-v4
-MODEL ?= $(RUN)/model-presence
+MODEL ?= $(RUN)r
 V1 ?= runs/tiny-v1
 V1_COMMIT ?= 4e248bd
 V2 ?= runs/tiny-v2-weights
@@ -20,13 +23,20 @@ V4_COMMIT ?= 36f8c0e
 V5 ?= runs/tiny-v5-weights
 V5_COMMIT ?= 3ec1a8d
 V6 ?= runs/tiny-v6-weights
-V6_COMMIT ?= 268b304
+V6_COMMIT ?= a91e39e
 WEIGHTS = pathsegmentor/weights/pathsegmentor-tiny
 
 .PHONY: refit-presence-tiny v6-weights train-tiny-v7 train-tiny-v8 refit-presence-v9 train-tiny-v10 v5-weights train-tiny-v5 ablate-tiny retrain-tiny corpus v1-weights v2-weights v3-weights v4-weights train-tiny train-tiny-v4 train-tiny-v3 train-tiny-v2 \
   settings-tiny refit-presence calibrate-tiny eval-tiny bench-tiny baseline-unet train-tiny-v1 test
 
-retrain-tiny: corpus v5-weights train-tiny refit-presence-tiny calibrate-tiny settings-tiny eval-tiny
+# each leg's presence head refit (and its threshold calibrated on train) before the next leg starts from it
+retrain-tiny: corpus v6-weights
+	$(MAKE) train-tiny-v7
+	$(MAKE) refit-presence-tiny calibrate-tiny RUN=runs/tiny-v7
+	$(MAKE) train-tiny-v8
+	$(MAKE) refit-presence-tiny calibrate-tiny RUN=runs/tiny-v8
+	$(MAKE) train-tiny-v10
+	$(MAKE) refit-presence-tiny calibrate-tiny settings-tiny eval-tiny RUN=runs/tiny-v10
 
 corpus:
 	pathseg-build --config configs/data/shared.yaml --out $(CORPUS)
@@ -39,23 +49,24 @@ v1-weights v2-weights v3-weights v4-weights v5-weights v6-weights: v%-weights:
 
 # v6: one leg of 4500 steps from v5 as shipped, nucleus sources drawn twice as often (61 minutes on 2 cores)
 train-tiny: v5-weights
-	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v6-cpu.yaml output_dir=$(RUN) \
+	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v6-cpu.yaml output_dir=runs/tiny-v6 \
 	  data.corpus=$(abspath $(CORPUS)) model.init_from=$(abspath $(V5))
 
-# the v7 candidate, not shipped (MODEL_CARD.md): one more leg of v6's recipe from v6 as shipped (68 minutes); then
-# `make refit-presence-tiny calibrate-tiny RUN=runs/tiny-v7` and settings from configs/inference/tiny-v7.yaml
+# the v7 candidate, not shipped but v10's first leg (MODEL_CARD.md): one more leg of v6's recipe from v6 as shipped (68
+# minutes); then `make refit-presence-tiny calibrate-tiny RUN=runs/tiny-v7` (runs/tiny-v7r, where v8 starts)
 train-tiny-v7: v6-weights
 	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v7-cpu.yaml output_dir=runs/tiny-v7 \
 	  data.corpus=$(abspath $(CORPUS)) model.init_from=$(abspath $(V6))
 
-# the v8 candidate (configs/train/tiny-v8-cpu.yaml): 3000 steps from the v7 candidate's refit weights (runs/tiny-v7r) with
-# synthetic pigment in a fifth of the crops; then refit, calibrate and settings as v7's, from configs/inference/tiny-v8.yaml
+# the v8 candidate, not shipped but v10's second leg (configs/train/tiny-v8-cpu.yaml): 3000 steps from the v7 candidate's
+# refit weights (runs/tiny-v7r) with synthetic pigment in a fifth of the crops; then `make refit-presence-tiny
+# calibrate-tiny RUN=runs/tiny-v8` (runs/tiny-v8r, where v10 starts)
 train-tiny-v8:
 	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v8-cpu.yaml output_dir=runs/tiny-v8 \
 	  data.corpus=$(abspath $(CORPUS))
 
-# the v10 candidate (configs/train/tiny-v10-cpu.yaml): 3000 more steps of v8's recipe from the v8 candidate's refit
-# weights (runs/tiny-v8r; about 48 minutes); then refit, calibrate and settings as v8's (the recipe file says how)
+# v10, shipped (configs/train/tiny-v10-cpu.yaml): 3000 more steps of v8's recipe from the v8 candidate's refit weights
+# (runs/tiny-v8r; about 50 minutes); then `make refit-presence-tiny calibrate-tiny settings-tiny` (RUN=runs/tiny-v10)
 train-tiny-v10:
 	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v10-cpu.yaml output_dir=runs/tiny-v10 \
 	  data.corpus=$(abspath $(CORPUS))
@@ -77,7 +88,7 @@ train-tiny-v5: v4-weights
 	  data.corpus=$(abspath $(CORPUS)) model.init_from=$(abspath $(V4))
 
 # the presence head alone refit on the trained model's own decoder features of the TRAINING split (EBHI-Seg also with
-# the pixel size unknown), written to $(MODEL): v5's and v6's last step (`make refit-presence-tiny RUN=runs/tiny-v5`
+# the pixel size unknown), written to $(MODEL) (default $(RUN)r): the last step of v5, v6 and each leg of v10 (`make refit-presence-tiny RUN=runs/tiny-v5`
 # for v5, whose shipped run reused the EBHI-Seg features of bench/presence_cv.py; this collects them in one pass)
 refit-presence-tiny:
 	OMP_NUM_THREADS=2 python -m pathsegmentor.training.presence_refit $(RUN)/model --data $(CORPUS) --out $(MODEL) \
@@ -91,11 +102,11 @@ train-tiny-v4: v3-weights
 	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v4-cpu.yaml output_dir=$(V4RUN) \
 	  data.corpus=$(abspath $(CORPUS)) model.init_from=$(abspath $(V3)) --resume
 
-# the trained model's whole inference section, rebuilt from the recipe's decisions (configs/inference/tiny-v6.yaml, each
+# the trained model's whole inference section, rebuilt from the recipe's decisions (configs/inference/tiny-v10.yaml, each
 # commented) and the calibration below, with each value's source in config.json's provenance (tests/test_settings.py
 # rebuilds the shipped section this way and compares)
 settings-tiny:
-	python -m pathsegmentor.evaluation.settings $(MODEL) configs/inference/tiny-v6.yaml \
+	python -m pathsegmentor.evaluation.settings $(MODEL) configs/inference/tiny-v10.yaml \
 	  --calibration $(MODEL)/presence_calibration_train.json
 
 # v3: two legs from v2 (0-600 with one exhaustive-absent negative per crop, then resumed with two), presence refit

@@ -15,7 +15,7 @@ from pathsegmentor.modeling.inference_config import InferenceConfig, inference_f
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "pathsegmentor" / "weights" / "pathsegmentor-tiny"
-RECIPE = "configs/inference/tiny-v6.yaml"  # as `make settings-tiny` passes it (from the repo root)
+RECIPE = "configs/inference/tiny-v10.yaml"  # as `make settings-tiny` passes it (from the repo root)
 CALIBRATION = SHIPPED / "training" / "presence_calibration_train.json"
 
 

@@ -1,7 +1,7 @@
 """Write a model's whole ``inference`` section from its recipe's decisions and its calibrations, with where each value
 came from, so the shipped config is produced by a command and can be rebuilt and compared (tests/test_settings.py).
 
-    python -m pathsegmentor.evaluation.settings MODEL_DIR configs/inference/tiny-v6.yaml \\
+    python -m pathsegmentor.evaluation.settings MODEL_DIR configs/inference/tiny-v10.yaml \\
         --calibration MODEL_DIR/presence_calibration_train.json
 
 The section is rebuilt from scratch: :class:`~pathsegmentor.modeling.inference_config.InferenceConfig`'s defaults, then
