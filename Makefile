@@ -26,7 +26,7 @@ V6 ?= runs/tiny-v6-weights
 V6_COMMIT ?= a91e39e
 WEIGHTS = pathsegmentor/weights/pathsegmentor-tiny
 
-.PHONY: refit-presence-tiny v6-weights train-tiny-v7 train-tiny-v8 refit-presence-v9 train-tiny-v10 v5-weights train-tiny-v5 ablate-tiny retrain-tiny corpus v1-weights v2-weights v3-weights v4-weights train-tiny train-tiny-v4 train-tiny-v3 train-tiny-v2 \
+.PHONY: train-tiny-v11 refit-presence-tiny v6-weights train-tiny-v7 train-tiny-v8 refit-presence-v9 train-tiny-v10 v5-weights train-tiny-v5 ablate-tiny retrain-tiny corpus v1-weights v2-weights v3-weights v4-weights train-tiny train-tiny-v4 train-tiny-v3 train-tiny-v2 \
   settings-tiny refit-presence calibrate-tiny eval-tiny bench-tiny baseline-unet train-tiny-v1 test
 
 # each leg's presence head refit (and its threshold calibrated on train) before the next leg starts from it
@@ -69,6 +69,12 @@ train-tiny-v8:
 # (runs/tiny-v8r; about 50 minutes); then `make refit-presence-tiny calibrate-tiny settings-tiny` (RUN=runs/tiny-v10)
 train-tiny-v10:
 	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v10-cpu.yaml output_dir=runs/tiny-v10 \
+	  data.corpus=$(abspath $(CORPUS))
+
+# the v11 candidate (configs/train/tiny-v11-cpu.yaml): 3000 more steps of v10's recipe from v10 (runs/tiny-v10r, the
+# shipped weights); then refit, calibrate and settings as v10's, its rule in the recipe file
+train-tiny-v11:
+	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v11-cpu.yaml output_dir=runs/tiny-v11 \
 	  data.corpus=$(abspath $(CORPUS))
 
 # the v9 candidate: v8's trained network (runs/tiny-v8/model, `make train-tiny-v8`) with its presence head refit by
