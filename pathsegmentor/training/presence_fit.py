@@ -21,9 +21,13 @@ def cell_weights(*columns: Sequence) -> np.ndarray:
     return w * (len(w) / w.sum())
 
 
+def _weighted_log_loss(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> float:
+    return float((F.binary_cross_entropy_with_logits(logits, y, reduction="none") * w).sum() / w.sum())
+
+
 def balanced_log_loss(head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> float:
     with torch.no_grad():
-        return float((F.binary_cross_entropy_with_logits(head(x).squeeze(-1), y, reduction="none") * w).sum() / w.sum())
+        return _weighted_log_loss(head(x).squeeze(-1), y, w)
 
 
 def fit_head(head: torch.nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarray, *, epochs: int, lr: float = 1e-3,
@@ -47,7 +51,7 @@ def fit_head(head: torch.nn.Module, x: np.ndarray, y: np.ndarray, w: np.ndarray,
             logits = head(ev[0]).squeeze(-1)
         if eval_probs is not None:
             eval_probs.append(torch.sigmoid(logits).numpy())
-        return float((F.binary_cross_entropy_with_logits(logits, ev[1], reduction="none") * ev[2]).sum() / ev[2].sum())
+        return _weighted_log_loss(logits, ev[1], ev[2])
 
     curve = [evaluate()] if ev else []
     best_state = copy.deepcopy(head.state_dict())
