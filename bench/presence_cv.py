@@ -15,6 +15,12 @@ patients, 12 biopsies) is too few to tell, so every case of the corpus (train an
    threshold (the mask is empty then: ``segment()`` gates on presence), per view (the corpus' pixel size, and the
    pixel size unknown), "tumor" on adenocarcinoma biopsies found, and the MCC over every certain pair.
 
+``--auto-view`` also reads every EBHI-Seg biopsy with the pixel size estimated (``segment(mpp="auto")``, the
+documented path for a user without it) and scores those rows per fold with the fold's head and threshold; they are
+never in a refit's training rows (the shipped recipe does not train on them). An image without an estimate (too few
+nuclei: ``segment()`` then asks for the pixel size) has no such rows; the summary counts them
+(``tumor_rows_without_estimate``).
+
 ``--train-features`` reuses the training split's collection of ``training.presence_refit --features`` (the same
 prompts and views; the presence head's inputs do not depend on the head) instead of collecting it again.
 
@@ -38,12 +44,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def fold_of_groups(groups: list[str], folds: int, seed: int) -> np.ndarray:
-    """``int [N]``: each row's fold; the groups are shuffled and dealt round-robin (every fold gets whole groups)."""
+def fold_of_groups(groups: list[str], folds: int, seed: int) -> dict[str, int]:
+    """Each group's fold: the groups are shuffled and dealt round-robin (every fold gets whole groups)."""
     uniq = sorted(set(groups))
     order = np.random.default_rng(seed).permutation(len(uniq))
-    fold = {uniq[j]: k % folds for k, j in enumerate(order)}
-    return np.array([fold[g] for g in groups])
+    return {uniq[j]: k % folds for k, j in enumerate(order)}
+
+
+def group_keys(feats) -> list[str]:
+    return [f"{s}|{g}" for s, g in zip(feats.source, feats.group)]
 
 
 def score(presence: np.ndarray, thr: float, feats, rows: np.ndarray) -> dict:
@@ -54,14 +63,15 @@ def score(presence: np.ndarray, thr: float, feats, rows: np.ndarray) -> dict:
     prompt, view = np.asarray(feats.prompt), np.asarray(feats.view)
     out: dict = {}
     tumor = rows & (src == "ebhi_seg") & (prompt == "tumor")
-    for v in ("corpus", "none"):
+    for v in sorted(set(view[tumor].tolist()), key=("corpus", "none", "auto").index):
         neg = tumor & (view == v) & ~feats.y
         pos = tumor & (view == v) & feats.y
         out[f"normal_tumor_absent_{v}"] = [int((presence[neg] < thr).sum()), int(neg.sum())]
         out[f"adenocarcinoma_tumor_found_{v}"] = [int((presence[pos] >= thr).sum()), int(pos.sum())]
     pairs = [Pair("", s, "", k, bool(t), float(p), False) for s, k, t, p in
              zip(src[rows], kind[rows], feats.y[rows], presence[rows])]
-    out["mcc"] = round(mcc(**confusion_at(pairs, thr)), 4)
+    if pairs:
+        out["mcc"] = round(mcc(**confusion_at(pairs, thr)), 4)
     return out
 
 
@@ -95,6 +105,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sources", nargs="*", default=[],
                     help="only these sources' images (e.g. ebhi_seg: the diagnosis negatives); default: all")
+    ap.add_argument("--auto-view", nargs="*", default=None, metavar="SOURCE",
+                    help="also score each fold's head on these sources' images (none named: ebhi_seg) read with the "
+                         "pixel size estimated (mpp='auto'; scored only, never trained on)")
     ap.add_argument("--out", default="runs/presence-cv")
     ap.add_argument("--train-features", default=None,
                     help="the training split's features from `presence_refit --features` of the same network (the "
@@ -121,6 +134,7 @@ def main(argv=None) -> int:
     from pathsegmentor.training.presence_refit import CVConfig, RefitConfig, refit
     from pathsegmentor.training.prompt_sampling import negative_phrases
 
+    auto_sources = args.auto_view or ["ebhi_seg"]
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     model = from_pretrained(args.model).eval()
@@ -140,15 +154,29 @@ def main(argv=None) -> int:
                 save_features(path, collect_features(model, corpus, split=split, phrases=negative_phrases()["train"],
                                                      views_none=["ebhi_seg"], sources=args.sources))
         parts.append((split, load_features(path)))
+        path = out / f"features-{split}-auto.npz"
+        if args.auto_view is not None and not path.is_file():
+            corpus = corpus or load_pathseg(args.data)
+            with torch.no_grad():
+                save_features(path, collect_features(model, corpus, split=split, phrases=negative_phrases()["train"],
+                                                     sources=auto_sources, views_auto=auto_sources, corpus_view=False))
     feats = concat_features(parts[0][1], parts[1][1])
+    auto_parts = [(s, f) for s, _ in parts if args.auto_view is not None
+                  for f in [load_features(out / f"features-{s}-auto.npz")] if len(f.y)]
+    auto = auto_parts[0][1] if len(auto_parts) == 1 else \
+        concat_features(auto_parts[0][1], auto_parts[1][1]) if auto_parts else None
     split_of = np.array([s for s, f in parts for _ in range(len(f.y))])
-    groups = [f"{s}|{g}" for s, g in zip(feats.source, feats.group)]
-    fold = fold_of_groups(groups, args.folds, args.seed)
+    groups = group_keys(feats)
+    fold_map = fold_of_groups(groups, args.folds, args.seed)
+    fold = np.array([fold_map[g] for g in groups])
+    # an estimated-pixel-size row belongs to its case's fold (-1: a case without rows in the refit's features)
+    auto_fold = np.array([fold_map.get(g, -1) for g in group_keys(auto)]) if auto is not None else None
     # the head each fold is refit from: the model's own, or that of the network before its refit (--refit-from)
     head0 = from_pretrained(args.refit_from).eval().mask_decoder.presence_head if args.refit_from else \
         model.mask_decoder.presence_head
     shipped_thr = float(model.config.inference.presence_threshold)
     shipped = presence_of(model.mask_decoder.presence_head, feats.x)  # this model's head (cached features may come from another head)
+    shipped_auto = presence_of(model.mask_decoder.presence_head, auto.x) if auto is not None else None
 
     refit_total: dict = {}
     shipped_total: dict = {}
@@ -168,23 +196,34 @@ def main(argv=None) -> int:
             thr, train_mcc = calibrate(pairs)
         row = {"fold": k, "cases": len({g for g, h in zip(groups, held) if h}), "epochs": report["epochs"],
                "threshold": round(thr, 4), "train_mcc": round(train_mcc, 4), **score(p, thr, feats, held)}
+        if auto is not None:
+            row.update({k2: v for k2, v in score(presence_of(head, auto.x), thr, auto, auto_fold == k).items()
+                        if k2 != "mcc"})
         per_fold.append(row)
         add(refit_total, row)
         add(shipped_total, score(shipped, shipped_thr, feats, held))
+        if auto is not None:
+            add(shipped_total, score(shipped_auto, shipped_thr, auto, auto_fold == k))
         print(json.dumps(row), flush=True)
 
     def rate(d: dict) -> dict:
         return {k: f"{v[0]}/{v[1]} = {v[0] / max(1, v[1]):.3f}" for k, v in d.items()}
 
     val = split_of == "validation"
+    shipped_val = score(shipped, shipped_thr, feats, val)
+    if auto is not None:
+        auto_val = np.array([s for s, f in auto_parts for _ in range(len(f.y))]) == "validation"
+        shipped_val.update(score(shipped_auto, shipped_thr, auto, auto_val))
     summary = {"model": args.model, "sources": args.sources or "all", "folds": args.folds, "selection": args.selection,
                "refit_from": args.refit_from or args.model, "cases": len(set(groups)), "rows": int(len(feats.y)),
                "refit_per_fold (held-out cases)": rate(refit_total),
                "refit_mcc_per_fold": [r["mcc"] for r in per_fold],
                "shipped_head_all_cases (train cases seen in training)": rate(shipped_total),
-               "shipped_head_validation_cases": rate({k: v for k, v in score(shipped, shipped_thr, feats, val).items()
-                                                      if isinstance(v, list)}),
+               "shipped_head_validation_cases": rate({k: v for k, v in shipped_val.items() if isinstance(v, list)}),
                "shipped_threshold": shipped_thr}
+    if auto is not None:  # images without a pixel-size estimate: segment(mpp="auto") asks for it, so no answer to score
+        n_none = sum(v == "none" and p == "tumor" for v, p in zip(feats.view, feats.prompt))
+        summary["tumor_rows_without_estimate"] = n_none - sum(p == "tumor" for p in auto.prompt)
     (out / "presence_cv.json").write_text(json.dumps({"summary": summary, "folds": per_fold}, indent=1))
     print(json.dumps(summary))
     return 0

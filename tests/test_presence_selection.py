@@ -118,6 +118,19 @@ def test_presence_cv_bench_refits_each_fold_from_the_given_head(test_model_dir, 
         summary = json.loads((out / "presence_cv.json").read_text())["summary"]
         assert summary["selection"] == selection and summary["refit_from"] == str(test_model_dir)
         assert len(summary["refit_mcc_per_fold"]) == 2
+    # --auto-view: the named source's images read again with the pixel size estimated, kept apart from the refit's rows
+    # (images of 256 px: the estimator reads 256 px patches; the 64 px ones above have no estimate)
+    big = build({"folder": write_folder_dataset(tmp_path / "src256", n=6, size=256)}, tmp_path / "corpus256",
+                val_fraction=0.34, tile=1024, seed=0, progress=False)
+    out = tmp_path / "cv-auto"
+    assert bench.main(["--model", str(test_model_dir), "--data", str(big), "--folds", "2", "--threads", "1",
+                       "--auto-view", "folder", "--out", str(out)]) == 0
+    from pathsegmentor.training.presence_features import load_features
+
+    auto, base = load_features(out / "features-train-auto.npz"), load_features(out / "features-train.npz")
+    assert len(auto.y) > 0 and set(auto.view) == {"auto"} and "auto" not in set(base.view)
+    assert json.loads((out / "presence_cv.json").read_text())["summary"]["rows"] == \
+        len(base.y) + len(load_features(out / "features-validation.npz").y)
     capsys.readouterr()
     assert bench.main(["--model", str(test_model_dir), "--data", str(corpus), "--refit-from", str(tmp_path / "nope"),
                        "--out", str(tmp_path / "bad")]) == 2

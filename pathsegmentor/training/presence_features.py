@@ -14,13 +14,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..inference.mpp_estimate import MppEstimateError
 from ..inference.predictor import as_predictor
 
 
 @dataclass
 class PresenceFeatures:
     """``x float32 [N, D]`` presence-head inputs, ``y bool [N]`` truths, and per row its source, kind, prompt,
-    group (case id), view (``"corpus"`` or ``"none"``) and the current head's presence."""
+    group (case id), view (``"corpus"``: the corpus' pixel size; ``"none"``: unknown; ``"auto"``: estimated by
+    ``segment(mpp="auto")``) and the current head's presence."""
 
     x: np.ndarray
     y: np.ndarray
@@ -73,11 +75,15 @@ def with_synonyms(asked: list[tuple[str, str, bool]], ontology, rng: np.random.G
 def collect_features(model, corpus, *, split: str = "train", phrases: Sequence[str], views_none: Sequence[str] = (),
                      n_phrases: int = 4, n_organ: int = 3, n_synonyms: int = 0, only_synonyms: bool = False,
                      per_source: int = 0, seed: int = 0, progress: bool = True,
-                     sources: Sequence[str] = ()) -> PresenceFeatures:
+                     sources: Sequence[str] = (), views_auto: Sequence[str] = (),
+                     corpus_view: bool = True) -> PresenceFeatures:
     """Presence-head inputs for every image of ``split`` (``sources``: only those sources; ``per_source``: at most
     N per source, evenly spaced) under the prompts of :func:`~pathsegmentor.evaluation.presence.asked_prompts` (plus
     ``n_synonyms`` synonyms per category, :func:`with_synonyms`; ``only_synonyms``: the synonyms alone, a cheap
-    pass to add to an earlier collection)."""
+    pass to add to an earlier collection). Each image is read at the corpus' pixel size (view ``"corpus"``; not
+    with ``corpus_view=False``), and the images of ``views_none`` / ``views_auto`` sources also with the pixel size
+    unknown (``"none"``) / estimated (``"auto"``; an image without an estimate, where ``segment()`` asks for the
+    pixel size, has no ``"auto"`` rows)."""
     from tqdm.auto import tqdm
 
     from ..evaluation.presence import asked_prompts
@@ -101,9 +107,16 @@ def collect_features(model, corpus, *, split: str = "train", phrases: Sequence[s
             asked = with_synonyms(asked, corpus.ontology, rng, n_synonyms)[len(asked) if only_synonyms else 0:]
         if not asked:
             continue
-        views = [("corpus", s.get("mpp"))] + ([("none", None)] if s["source"] in views_none else [])
+        views = ([("corpus", s.get("mpp"))] if corpus_view else []) + \
+            ([("none", None)] if s["source"] in views_none else []) + \
+            ([("auto", "auto")] if s["source"] in views_auto else [])
         for view, mpp in views:
-            feats, pres = capture_presence_inputs(model, s["image"], [a[0] for a in asked], mpp=mpp)
+            try:
+                feats, pres = capture_presence_inputs(model, s["image"], [a[0] for a in asked], mpp=mpp)
+            except MppEstimateError:  # no estimate for this image: segment() would ask for the pixel size
+                if view == "auto":
+                    continue
+                raise
             for k, (prompt, kind, truth) in enumerate(asked):
                 if np.isnan(feats[k]).any():
                     continue
