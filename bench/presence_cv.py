@@ -51,6 +51,13 @@ def fold_of_groups(groups: list[str], folds: int, seed: int) -> dict[str, int]:
     return {uniq[j]: k % folds for k, j in enumerate(order)}
 
 
+def concat_splits(parts: list) -> tuple:
+    """The rows of each ``(split, PresenceFeatures)`` part in order, and ``str [N]``: each row's split."""
+    from pathsegmentor.training.presence_features import concat_features
+
+    return concat_features(parts[0][1], parts[1][1]), np.array([s for s, f in parts for _ in range(len(f.y))])
+
+
 def group_keys(feats) -> list[str]:
     return [f"{s}|{g}" for s, g in zip(feats.source, feats.group)]
 
@@ -129,7 +136,7 @@ def main(argv=None) -> int:
     from data_builders import load_pathseg
     from pathsegmentor import from_pretrained
     from pathsegmentor.evaluation.presence import Pair, calibrate
-    from pathsegmentor.training.presence_features import (collect_features, concat_features, load_features,
+    from pathsegmentor.training.presence_features import (collect_features, load_features,
                                                           save_features, select_features)
     from pathsegmentor.training.presence_refit import CVConfig, RefitConfig, refit
     from pathsegmentor.training.prompt_sampling import negative_phrases
@@ -160,12 +167,10 @@ def main(argv=None) -> int:
             with torch.no_grad():
                 save_features(path, collect_features(model, corpus, split=split, phrases=negative_phrases()["train"],
                                                      sources=auto_sources, views_auto=auto_sources, corpus_view=False))
-    feats = concat_features(parts[0][1], parts[1][1])
-    auto_parts = [(s, f) for s, _ in parts if args.auto_view is not None
-                  for f in [load_features(out / f"features-{s}-auto.npz")] if len(f.y)]
-    auto = auto_parts[0][1] if len(auto_parts) == 1 else \
-        concat_features(auto_parts[0][1], auto_parts[1][1]) if auto_parts else None
-    split_of = np.array([s for s, f in parts for _ in range(len(f.y))])
+    feats, split_of = concat_splits(parts)
+    auto, auto_split = concat_splits([(s, load_features(out / f"features-{s}-auto.npz")) for s, _ in parts]) \
+        if args.auto_view is not None else (None, None)
+    auto = auto if auto is not None and len(auto.y) else None  # no rows: no image of those sources got an estimate
     groups = group_keys(feats)
     fold_map = fold_of_groups(groups, args.folds, args.seed)
     fold = np.array([fold_map[g] for g in groups])
@@ -212,8 +217,7 @@ def main(argv=None) -> int:
     val = split_of == "validation"
     shipped_val = score(shipped, shipped_thr, feats, val)
     if auto is not None:
-        auto_val = np.array([s for s, f in auto_parts for _ in range(len(f.y))]) == "validation"
-        shipped_val.update(score(shipped_auto, shipped_thr, auto, auto_val))
+        shipped_val.update(score(shipped_auto, shipped_thr, auto, auto_split == "validation"))
     summary = {"model": args.model, "sources": args.sources or "all", "folds": args.folds, "selection": args.selection,
                "refit_from": args.refit_from or args.model, "cases": len(set(groups)), "rows": int(len(feats.y)),
                "refit_per_fold (held-out cases)": rate(refit_total),

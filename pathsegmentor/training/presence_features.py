@@ -113,10 +113,8 @@ def collect_features(model, corpus, *, split: str = "train", phrases: Sequence[s
         for view, mpp in views:
             try:
                 feats, pres = capture_presence_inputs(model, s["image"], [a[0] for a in asked], mpp=mpp)
-            except MppEstimateError:  # no estimate for this image: segment() would ask for the pixel size
-                if view == "auto":
-                    continue
-                raise
+            except MppEstimateError:  # only mpp="auto" raises it: no estimate, segment() would ask for the pixel size
+                continue
             for k, (prompt, kind, truth) in enumerate(asked):
                 if np.isnan(feats[k]).any():
                     continue
@@ -149,9 +147,11 @@ def load_features(path: Path) -> PresenceFeatures:
 
 
 def concat_features(a: PresenceFeatures, b: PresenceFeatures) -> PresenceFeatures:
-    """The rows of ``a`` then those of ``b`` (``a`` itself when ``b`` is empty)."""
+    """The rows of ``a`` then those of ``b`` (the other itself when one is empty)."""
     if not len(b.y):
         return a
+    if not len(a.y):
+        return b
     return PresenceFeatures(np.concatenate([a.x, b.x]), np.concatenate([a.y, b.y]),
                             *[getattr(a, k) + getattr(b, k) for k in _META])
 
