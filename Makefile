@@ -24,9 +24,11 @@ V5 ?= runs/tiny-v5-weights
 V5_COMMIT ?= 3ec1a8d
 V6 ?= runs/tiny-v6-weights
 V6_COMMIT ?= a91e39e
+V10 ?= runs/tiny-v10-weights
+V10_COMMIT ?= bd50769
 WEIGHTS = pathsegmentor/weights/pathsegmentor-tiny
 
-.PHONY: soup-tiny-v12 train-tiny-v11 refit-presence-tiny v6-weights train-tiny-v7 train-tiny-v8 refit-presence-v9 train-tiny-v10 v5-weights train-tiny-v5 ablate-tiny retrain-tiny corpus v1-weights v2-weights v3-weights v4-weights train-tiny train-tiny-v4 train-tiny-v3 train-tiny-v2 \
+.PHONY: train-tiny-v13 v10-weights soup-tiny-v12 train-tiny-v11 refit-presence-tiny v6-weights train-tiny-v7 train-tiny-v8 refit-presence-v9 train-tiny-v10 v5-weights train-tiny-v5 ablate-tiny retrain-tiny corpus v1-weights v2-weights v3-weights v4-weights train-tiny train-tiny-v4 train-tiny-v3 train-tiny-v2 \
   settings-tiny refit-presence calibrate-tiny eval-tiny bench-tiny baseline-unet train-tiny-v1 test
 
 # each leg's presence head refit (and its threshold calibrated on train) before the next leg starts from it
@@ -42,7 +44,7 @@ corpus:
 	pathseg-build --config configs/data/shared.yaml --out $(CORPUS)
 
 # a shipped release's weights and config extracted from git history: `make v4-weights` writes $(V4) from $(V4_COMMIT)
-v1-weights v2-weights v3-weights v4-weights v5-weights v6-weights: v%-weights:
+v1-weights v2-weights v3-weights v4-weights v5-weights v6-weights v10-weights: v%-weights:
 	mkdir -p $(V$*)
 	git show $(V$*_COMMIT):$(WEIGHTS)/model.safetensors > $(V$*)/model.safetensors
 	git show $(V$*_COMMIT):$(WEIGHTS)/config.json > $(V$*)/config.json
@@ -76,6 +78,13 @@ train-tiny-v10:
 train-tiny-v11:
 	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v11-cpu.yaml output_dir=runs/tiny-v11 \
 	  data.corpus=$(abspath $(CORPUS))
+
+# the v13 candidate (configs/train/tiny-v13-cpu.yaml): a stride-1 stage on v10's pixel decoder, only the pixel decoder
+# and mask hypernetwork trained (3000 steps, about 70 minutes), from v10 as shipped (commit $(V10_COMMIT)); then
+# `make calibrate-tiny MODEL=runs/tiny-v13/model` and settings from configs/inference/tiny-v13.yaml, its rule in the recipe
+train-tiny-v13: v10-weights
+	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v13-cpu.yaml output_dir=runs/tiny-v13 \
+	  data.corpus=$(abspath $(CORPUS)) model.init_from=$(abspath $(V10))
 
 # the v12 candidate, no training: the average of v10 and v11 as each was refit (runs/tiny-v10r, runs/tiny-v11r: two
 # consecutive legs of one recipe, one basin), its presence threshold recalibrated on train, cores and smallest gland

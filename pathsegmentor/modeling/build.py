@@ -39,7 +39,8 @@ def build_model(cfg: ModelConfig, model_cls: type):
                                       hires=md.hires, hires_dim=md.hires_dim, skip_channels=skip_c,
                                       separation_channels=md.separation_channels, dense=md.dense,
                                       dense_skip_channels=getattr(image_encoder, "skip_channels", {}),
-                                      dense_widths=tuple(md.dense_widths), dense_dim=md.dense_dim)
+                                      dense_widths=tuple(md.dense_widths), dense_dim=md.dense_dim,
+                                      dense_fullres_dim=md.dense_fullres_dim)
     adapter = TextPromptAdapter(text_dim=text_encoder.dim, embed_dim=md.transformer_dim,
                                 num_tokens=cfg.prompt_adapter.num_tokens, hidden_dim=cfg.prompt_adapter.hidden_dim,
                                 dropout=cfg.prompt_adapter.dropout)

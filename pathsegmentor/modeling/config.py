@@ -86,6 +86,9 @@ class MaskDecoderConfig:
     dense: bool = False
     dense_widths: tuple[int, ...] = (128, 96, 64, 48)
     dense_dim: int = 32
+    # channels of a residual stage at stride 1 on top of the stride-2 embedding (0: none); starts at zero, so a
+    # stride-2 model's weights load into it unchanged
+    dense_fullres_dim: int = 0
 
 
 @dataclass

@@ -98,7 +98,7 @@ class _PromptDecoding:
                                  "per image)")
             logits, sep = dense_readout(self.dense_hypernetwork(mask_token_out), pixel_embedding, image_index,
                                         separation=separation, sep_rows=sep_rows)
-            return DecoderOutput(logits, presence, iou_pred, stride=2, separation=sep)
+            return DecoderOutput(logits, presence, iou_pred, stride=self.pixel_decoder.stride, separation=sep)
         up4 = self.output_upscaling(src)  # [M, c/8, 4h, 4w]
         hyper = self.output_hypernetworks_mlps[0](mask_token_out)  # [M, c/8]
         if not use_hires:
@@ -174,7 +174,8 @@ def _mask_decoder_class():
                      iou_head_depth: int = 3, iou_head_hidden_dim: int = 256, hires: bool = True,
                      hires_dim: int = 32, skip_channels: int = 0, separation_channels: int = 0,
                      dense: bool = False, dense_skip_channels: dict[int, int] | None = None,
-                     dense_widths: tuple[int, ...] = (128, 96, 64, 48), dense_dim: int = 32) -> None:
+                     dense_widths: tuple[int, ...] = (128, 96, 64, 48), dense_dim: int = 32,
+                     dense_fullres_dim: int = 0) -> None:
             super().__init__(transformer_dim=transformer_dim, transformer=transformer,
                              num_multimask_outputs=num_multimask_outputs, iou_head_depth=iou_head_depth,
                              iou_head_hidden_dim=iou_head_hidden_dim)
@@ -188,7 +189,8 @@ def _mask_decoder_class():
             if dense:  # per-pixel embeddings once per image; every output map is a product with them
                 self.hires_features = self.hires_fuse = self.hires_hypernetwork = self.separation_head = None
                 self.pixel_decoder = PixelDecoder(in_dim=transformer_dim, skip_channels=dense_skip_channels or {},
-                                                  widths=tuple(dense_widths), out_dim=dense_dim)
+                                                  widths=tuple(dense_widths), out_dim=dense_dim,
+                                                  fullres_dim=dense_fullres_dim)
                 # per prompt: (1 + separation channels) maps x (dense_dim weights + 1 bias)
                 self.dense_hypernetwork = MLP(transformer_dim, transformer_dim,
                                               (1 + separation_channels) * (dense_dim + 1), 3)
@@ -207,7 +209,8 @@ def build_mask_decoder(*, transformer_dim: int, depth: int, mlp_dim: int, num_he
                        hires: bool = True, hires_dim: int = 32, skip_channels: int = 0,
                        separation_channels: int = 0, dense: bool = False,
                        dense_skip_channels: dict[int, int] | None = None,
-                       dense_widths: tuple[int, ...] = (128, 96, 64, 48), dense_dim: int = 32) -> nn.Module:
+                       dense_widths: tuple[int, ...] = (128, 96, 64, 48), dense_dim: int = 32,
+                       dense_fullres_dim: int = 0) -> nn.Module:
     ensure_torchvision()
     from segment_anything.modeling.transformer import TwoWayTransformer
 
@@ -230,4 +233,5 @@ def build_mask_decoder(*, transformer_dim: int, depth: int, mlp_dim: int, num_he
         dense_skip_channels=dense_skip_channels,
         dense_widths=dense_widths,
         dense_dim=dense_dim,
+        dense_fullres_dim=dense_fullres_dim,
     )

@@ -36,6 +36,11 @@ class FreezeConfig:
     prompt_encoder: bool = True  # point/box embeddings: unused by text-only training
     # submodules of the image encoder kept frozen while the rest trains (e.g. a CNN's stem and first stage)
     image_encoder_modules: list[str] = field(default_factory=list)
+    # when set, only these submodules of the model train (e.g. [mask_decoder.pixel_decoder]); everything else is
+    # frozen whatever the switches above say
+    train_only: list[str] = field(default_factory=list)
+    # frozen submodules run in eval mode: their BatchNorm statistics stay as loaded instead of being re-estimated
+    frozen_eval: bool = False
 
 
 @dataclass
@@ -102,7 +107,37 @@ def build_model_for_training(cfg: TrainConfig):
                               f"Some of its submodules: {top[:20]}")
         for p in names[sub].parameters():
             p.requires_grad_(False)
+    if cfg.freeze.train_only:
+        _train_only(model, cfg.freeze.train_only)
     return model
+
+
+def _train_only(model, keep: Sequence[str]) -> None:
+    """Freeze every parameter outside the submodules ``keep`` (dotted names in ``model``)."""
+    names = dict(model.named_modules())
+    unknown = [k for k in keep if k not in names or not k]
+    if unknown:
+        near = sorted(n for n in names if n.count(".") <= 1 and n)
+        raise ConfigError(f"freeze.train_only: the model has no submodule(s) {unknown}. Some of its submodules: "
+                          f"{near[:30]}")
+    kept = {id(p) for k in keep for p in names[k].parameters()}
+    for p in model.parameters():
+        if id(p) not in kept:
+            p.requires_grad_(False)
+
+
+def frozen_to_eval(model) -> list[str]:
+    """Put every submodule whose parameters are all frozen (and that has some, or BatchNorm buffers) in eval
+    mode, outermost first; returns their names. Run after ``model.train()``."""
+    done: list[str] = []
+    for name, mod in model.named_modules():
+        if not name or any(name.startswith(d + ".") for d in done):
+            continue
+        params = list(mod.parameters())
+        if params and not any(p.requires_grad for p in params):
+            mod.eval()
+            done.append(name)
+    return done
 
 
 def param_groups(model, cfg: OptimConfig) -> list[dict[str, Any]]:
@@ -186,6 +221,8 @@ class SegmentationObjective(Objective):
             ds = CachedViews(cache_dir, ds)
             weights = ds.view_weights(weights)  # each image's views share its sampling weight (source balance kept)
         model.train()
+        if cfg.freeze.frozen_eval:
+            frozen_to_eval(model)
         self.model = model
         return TrainingSetup(module=model, dataset=ds, weights=weights, collate=collate,
                              param_groups=param_groups(model, cfg.optim))
