@@ -32,6 +32,34 @@ def test_pixel_decoder_shapes_with_and_without_skips():
         PixelDecoder(in_dim=32, skip_channels={}, widths=(8, 8))
 
 
+def test_stride_one_stage_shape_and_zero_start():
+    """The stride-1 stage gives ``[B, out_dim, H, W]`` and, untrained, exactly the upsampled stride-2 embedding."""
+    torch.manual_seed(0)
+    two = PixelDecoder(in_dim=32, skip_channels={4: 8}, widths=(24, 16, 12, 8), out_dim=6).eval()
+    one = PixelDecoder(in_dim=32, skip_channels={4: 8}, widths=(24, 16, 12, 8), out_dim=6, fullres_dim=10).eval()
+    missing, unexpected = one.load_state_dict(two.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("fullres") for k in missing)
+    pixels, emb, skips = torch.randn(2, 3, 96, 64), torch.randn(2, 32, 6, 4), {4: torch.randn(2, 8, 24, 16)}
+    with torch.no_grad():
+        out2, out1 = two(pixels, emb, skips), one(pixels, emb, skips)
+    assert (two.stride, one.stride) == (2, 1) and out1.shape == (2, 6, 96, 64)
+    up = torch.nn.functional.interpolate(out2, size=(96, 64), mode="bilinear", align_corners=False)
+    assert torch.allclose(out1, up, atol=1e-5)
+    with torch.no_grad():  # once trained (here: the last convolution set), the stage changes the embedding
+        one.fullres[-1].weight.normal_()
+        assert not torch.allclose(one(pixels, emb, skips), up, atol=1e-3)
+
+
+def test_stride_one_model_reads_masks_at_the_input_resolution():
+    torch.manual_seed(0)
+    over = {"mask_decoder": {**DENSE["mask_decoder"], "dense_fullres_dim": 8}}
+    model = create_model("pathsegmentor-test", overrides=over).eval()
+    pixels = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        out = model(pixels, [["nuclei", "gland"]], full_resolution=False, separation=True)
+    assert out.mask_logits.shape == (1, 2, 64, 64) and out.separation.shape[-2:] == (64, 64)
+
+
 def test_one_image_encoding_and_one_pixel_embedding_serve_every_prompt(dense_model, monkeypatch):
     calls = {"encoder": 0, "pixel_decoder": 0}
     enc, pix = dense_model.image_encoder, dense_model.mask_decoder.pixel_decoder

@@ -231,6 +231,32 @@ def test_bad_loss_grid_and_frozen_module_are_named(tmp_path, tiny_corpus):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
+def test_train_only_freezes_the_rest_and_frozen_modules_keep_their_statistics(tmp_path, tiny_corpus):
+    import torch
+
+    from pathsegmentor.training.segmentation import build_model_for_training, frozen_to_eval
+
+    keep = "[mask_decoder.pixel_decoder,mask_decoder.dense_hypernetwork]"
+    dense = ("model.overrides.mask_decoder={dense: true, hires: false, separation_channels: 4, "
+             "dense_widths: [16, 16, 8, 8], dense_dim: 8, dense_fullres_dim: 8}")
+    model = build_model_for_training(_cfg(tmp_path, tiny_corpus, dense, f"freeze.train_only={keep}"))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("mask_decoder.pixel_decoder.", "mask_decoder.dense_hypernetwork."))
+                             for n in trainable)
+    assert any(".fullres." in n for n in trainable)
+    model.train()
+    names = frozen_to_eval(model)
+    assert "image_encoder" in names and "mask_decoder.presence_head" in names
+    assert not model.image_encoder.training and model.mask_decoder.pixel_decoder.training
+    bn = next(m for m in model.image_encoder.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    model(torch.randn(2, 3, 64, 64) * 3, [["nuclei"], ["gland"]])
+    assert torch.equal(bn.running_mean, before)  # a frozen encoder's BatchNorm is not re-estimated
+    with pytest.raises(ConfigError, match="no submodule.*mask_decoder.nope"):
+        build_model_for_training(_cfg(tmp_path, tiny_corpus, "freeze.train_only=[mask_decoder.nope]"))
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
 def test_source_weights_multiply_the_balanced_shares():
     from types import SimpleNamespace
 
