@@ -83,3 +83,30 @@ def test_baseline_unet_three_class_decoders_on_touching_discs():
             assert counts.max() / counts.sum() > 0.9, (decoder, k)
     with pytest.raises(ValueError, match="argmax"):
         bench.decode(prob, border, "nope")
+
+
+def test_mask_errors_bench_places_each_wrong_pixel():
+    """bench/mask_errors.py on hand-made masks: a prediction one px too small puts every false negative in the border
+    band; a missed nucleus and a spurious blob are counted in their own places."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "mask_errors.py"
+    spec = importlib.util.spec_from_file_location("mask_errors_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    yy, xx = np.mgrid[:64, :64]
+    gt = np.zeros((64, 64), np.int32)
+    gt[(yy - 16) ** 2 + (xx - 16) ** 2 <= 64] = 1  # a nucleus of radius 8
+    gt[(yy - 48) ** 2 + (xx - 16) ** 2 <= 16] = 2  # a small one, missed below
+    probs = np.zeros((64, 64), np.float32)
+    probs[(yy - 16) ** 2 + (xx - 16) ** 2 <= 49] = 1.0  # the first, one px too small
+    probs[40:50, 40:50] = 1.0  # a blob on no nucleus
+    c = bench.error_places(probs, gt, band=2)
+    small = int((gt == 2).sum())
+    ring = int(((gt == 1) & (probs == 0)).sum())
+    assert ring > 0 and c["fn"] == ring + small and c["fn_band"] >= ring  # the whole ring lies in the band
+    assert c["fn_missed"] == small and c["missed"] == 1 and c["nuclei"] == 2
+    assert c["fp"] == 100 and c["fp_spurious"] == 100 and c["fp_band"] == 0
+    s = bench.summary([c])
+    assert 0 < s["dice"] < s["dice_band_forgiven"] < 1
