@@ -99,36 +99,32 @@ def build_model_for_training(cfg: TrainConfig):
                 p.requires_grad_(False)
     if cfg.freeze.text_encoder:
         model.text_encoder.freeze()
-    names = dict(model.image_encoder.named_modules())
-    for sub in cfg.freeze.image_encoder_modules:
-        if sub not in names or not sub:
-            top = sorted(n for n in names if n and n.count(".") <= 1)
-            raise ConfigError(f"freeze.image_encoder_modules: the image encoder has no submodule '{sub}'. "
-                              f"Some of its submodules: {top[:20]}")
-        for p in names[sub].parameters():
+    for sub in _submodules(model.image_encoder, cfg.freeze.image_encoder_modules,
+                           "freeze.image_encoder_modules", "the image encoder"):
+        for p in sub.parameters():
             p.requires_grad_(False)
-    if cfg.freeze.train_only:
-        _train_only(model, cfg.freeze.train_only)
+    if cfg.freeze.train_only:  # every parameter outside the named submodules frozen
+        kept = {id(p) for sub in _submodules(model, cfg.freeze.train_only, "freeze.train_only", "the model")
+                for p in sub.parameters()}
+        for p in model.parameters():
+            if id(p) not in kept:
+                p.requires_grad_(False)
     return model
 
 
-def _train_only(model, keep: Sequence[str]) -> None:
-    """Freeze every parameter outside the submodules ``keep`` (dotted names in ``model``)."""
-    names = dict(model.named_modules())
-    unknown = [k for k in keep if k not in names or not k]
-    if unknown:
-        near = sorted(n for n in names if n.count(".") <= 1 and n)
-        raise ConfigError(f"freeze.train_only: the model has no submodule(s) {unknown}. Some of its submodules: "
-                          f"{near[:30]}")
-    kept = {id(p) for k in keep for p in names[k].parameters()}
-    for p in model.parameters():
-        if id(p) not in kept:
-            p.requires_grad_(False)
+def _submodules(root, wanted: Sequence[str], key: str, what: str) -> list:
+    """The submodules of ``root`` named (dotted) in ``wanted``; a name it lacks is a ConfigError naming ``key``."""
+    names = dict(root.named_modules())
+    for sub in wanted:
+        if sub not in names or not sub:
+            top = sorted(n for n in names if n and n.count(".") <= 1)
+            raise ConfigError(f"{key}: {what} has no submodule '{sub}'. Some of its submodules: {top[:30]}")
+    return [names[sub] for sub in wanted]
 
 
 def frozen_to_eval(model) -> list[str]:
-    """Put every submodule whose parameters are all frozen (and that has some, or BatchNorm buffers) in eval
-    mode, outermost first; returns their names. Run after ``model.train()``."""
+    """Put every submodule that has parameters, all of them frozen, in eval mode (the outermost such module, not
+    its children again); returns their names. Run after ``model.train()``."""
     done: list[str] = []
     for name, mod in model.named_modules():
         if not name or any(name.startswith(d + ".") for d in done):
