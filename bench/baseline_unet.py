@@ -83,7 +83,7 @@ def three_class(mask: np.ndarray, inst: np.ndarray | None) -> np.ndarray:
 class Crops:
     """The model recipe's augmented crops (``PromptedCrops.view``) as U-Net batches: pixels, class map, head."""
 
-    def __init__(self, corpus, recipe: str, seed: int) -> None:
+    def __init__(self, corpus, recipe: str, seed: int, sources: tuple[str, ...] = ()) -> None:
         from pathsegmentor.modeling.registry import get_model_config
         from pathsegmentor.training.data import PromptedCrops, sampling_weights
         from pathsegmentor.training.segmentation import load_train_config
@@ -95,6 +95,9 @@ class Crops:
         self.ds.cfg.separation = True  # instance maps in the views
         src = np.asarray(corpus.images["train"]["source"])
         w = sampling_weights(corpus, "train", "source", sorted(set(src) & set(TASKS)))
+        if sources:  # a specialist: only these sources' crops (the issue's U-Net: MoNuSeg's training tiles alone)
+            w = np.where(np.isin(src, list(sources)), w, 0.0)
+            w = w / w.sum()
         self.weights = w
         self.crop = cfg.data.crop
         self.rng = np.random.default_rng([seed, 11])
@@ -144,7 +147,8 @@ def predict(net, rgb: np.ndarray, head: int, tta: bool = True) -> tuple[np.ndarr
     import torch.nn.functional as F
 
     h, w = rgb.shape[:2]
-    ph, pw = math.ceil(h / 16) * 16, math.ceil(w / 16) * 16
+    m = max(16, 2 ** (len(net.down) - 1))  # every pooling level divides the padded size
+    ph, pw = math.ceil(h / m) * m, math.ceil(w / m) * m
     x = normalise(torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1)[None].float())
     x = F.pad(x, (0, pw - w, 0, ph - h), mode="reflect" if min(h, w) > 16 else "constant")
     flips = [(), (-1,), (-2,)] if tta else [()]
@@ -239,9 +243,10 @@ def train(net, crops, corpus, working_mpp, args, out: Path) -> tuple[int, float,
         step += 1
         trained_s += time.perf_counter() - t0
         if step % 50 == 0:
-            print(f"step {step}  loss {float(loss):.4f}  {step * args.batch / trained_s:.2f} crops/s", flush=True)
+            print(f"step {step}  loss {float(loss.detach()):.4f}  {step * args.batch / trained_s:.2f} crops/s", flush=True)
         if args.curve_every and step % args.curve_every == 0:
-            rows = evaluate(net, corpus, working_mpp, sources=("monuseg", "glas"), tta=False, decoder=args.decoder)
+            rows = evaluate(net, corpus, working_mpp, sources=args.sources or ("monuseg", "glas"), tta=False,
+                            decoder=args.decoder)
             curve.append({"step": step, "crops": step * args.batch, "train_s": round(trained_s, 1),
                           **{f"{r['source']}_{k}": r.get(k) for r in rows for k in ("dice", "aji")}})
             print(json.dumps(curve[-1]), flush=True)
@@ -267,10 +272,17 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", default="",
                     help="score this trained U-Net (a run's unet.pt) instead of training; its run's steps, time and "
                          "learning curve are kept from the baseline_unet.json beside it")
+    ap.add_argument("--sources", nargs="+", default=[], choices=sorted(TASKS),
+                    help="train (and score) a specialist on these sources only, e.g. 'monuseg' (default: every "
+                         "scored source, in the recipe's balance)")
+    ap.add_argument("--widths", type=int, nargs="+", default=[32, 64, 128, 256],
+                    help="channels per U-Net level, stride 1 first (e.g. 16 32 64 128 256: five levels)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(REPO / "runs" / "baseline-unet"))
     args = ap.parse_args(argv)
+    if len(args.widths) < 2:
+        ap.error(f"--widths {args.widths}: give at least two levels (e.g. 32 64 128 256)")
     run = Path(args.weights).parent if args.weights else None
     if run is not None and not (Path(args.weights).is_file() and (run / "baseline_unet.json").is_file()):
         ap.error(f"--weights {args.weights}: expected a run's unet.pt with its baseline_unet.json beside it "
@@ -285,13 +297,13 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     corpus = load_pathseg(args.data)
-    crops = Crops(corpus, args.recipe, args.seed)
+    crops = Crops(corpus, args.recipe, args.seed, tuple(args.sources))
     working_mpp = {"nuclei": crops.ds.structure_mpp.get("cell", crops.ds.model_mpp), "gland": crops.ds.model_mpp}
-    net = build_unet()
+    record = json.loads((run / "baseline_unet.json").read_text()) if run is not None else {}
+    net = build_unet(tuple(record.get("widths", args.widths)))  # a trained run is rebuilt at its own widths
     n_params = sum(p.numel() for p in net.parameters())
     if args.weights:  # score a trained U-Net: its run's record (steps, time, curve) is carried over
         net.load_state_dict(torch.load(args.weights, map_location="cpu"))
-        record = json.loads((run / "baseline_unet.json").read_text())
         step, trained_s, curve = record["steps"], record["train_s"], record["curve"]
         curve_decoder = record.get("curve_decoder", record.get("decoder", "border"))  # first runs: 'border'
     else:
@@ -303,12 +315,12 @@ def main(argv=None) -> int:
         from pathsegmentor import PathSegmentor
 
         model = PathSegmentor.from_pretrained(args.model).eval()
-    rows = evaluate(net, corpus, working_mpp, tta=not args.no_tta, model=model, limit=args.limit,
-                    decoder=args.decoder)
+    rows = evaluate(net, corpus, working_mpp, sources=tuple(args.sources), tta=not args.no_tta, model=model,
+                    limit=args.limit, decoder=args.decoder)
     print_table(rows)
     summary = {"params_m": round(n_params / 1e6, 3), "steps": step, "crops": step * args.batch,
                "train_s": round(trained_s, 1), "crops_per_s": round(step * args.batch / trained_s, 3),
-               "tta": not args.no_tta, "decoder": args.decoder, "curve_decoder": curve_decoder,
+               "sources": args.sources or sorted(TASKS), "widths": list(record.get("widths", args.widths)), "tta": not args.no_tta, "decoder": args.decoder, "curve_decoder": curve_decoder,
                "rows": rows, "curve": curve}
     (out / "baseline_unet.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary))

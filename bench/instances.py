@@ -33,6 +33,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from objects import print_table, score_rows  # noqa: E402
 
 TASKS = {"monuseg": "nuclei", "consep": "nuclei", "glas": "gland"}
 
@@ -85,7 +88,7 @@ def main(argv=None) -> int:
 
     from data_builders import load_pathseg
     from pathsegmentor import PathSegmentor
-    from pathsegmentor.evaluation.metrics import aggregated_jaccard_index, confusion, panoptic_quality, scores
+    from pathsegmentor.evaluation.metrics import confusion
     from pathsegmentor.inference.instances import separate_instances
 
     torch.set_num_threads(args.threads)
@@ -123,19 +126,7 @@ def main(argv=None) -> int:
             base = classical_nuclei(s["image"], s["mpp"])
             counts[(src, "classical")].append((confusion(base, gt), gt_inst, separate_instances(base)))
 
-    rows = []
-    for (src, name), items in sorted(counts.items()):
-        pooled = items[0][0]
-        for c, _, _ in items[1:]:
-            pooled = pooled + c
-        row = {"source": src, "method": name, "images": len(items), "dice": round(scores(pooled)["dice"], 4)}
-        with_inst = [(g, p) for _, g, p in items if g is not None]
-        if with_inst:
-            row["aji"] = round(float(np.mean([aggregated_jaccard_index(np.asarray(g), p) for g, p in with_inst])), 4)
-            pq = [panoptic_quality(np.asarray(g), p) for g, p in with_inst]
-            for k in ("pq", "dq", "sq"):
-                row[k] = round(float(np.mean([q[k] for q in pq])), 4)
-        rows.append(row)
+    rows = score_rows(counts)
 
     tile = None
     for i in range(len(table)):  # a real 40x tile, cut/padded to 1000x1000
@@ -153,11 +144,7 @@ def main(argv=None) -> int:
             timing["ratio_with_instances"] = round(timing["seconds_per_1000px_tile_with_instances"]
                                                    / ref["seconds_per_1000px_tile_with_instances"], 3)
 
-    print("| source | method | images | Dice | AJI | PQ | DQ (object F1) | SQ |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['source']} | {r['method']} | {r['images']} | {r['dice']} | {r.get('aji', '')} | {r.get('pq', '')} "
-              f"| {r.get('dq', '')} | {r.get('sq', '')} |")
+    print_table(rows)
     print(json.dumps({"model": model.name, "split": args.split, "rows": rows, **timing}))
     return 0
 

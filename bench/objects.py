@@ -44,7 +44,7 @@ def model_counts(model, items: Iterable[tuple], *, tta: bool = False, name: str 
 
 def score_rows(counts: dict[tuple[str, str], list]) -> list[dict]:
     """``(source, method) -> [(Counts, gt instances or None, predicted instances), ...]`` -> one row each."""
-    from pathsegmentor.evaluation.metrics import aggregated_jaccard_index, panoptic_quality, scores
+    from pathsegmentor.evaluation.metrics import aggregated_jaccard_index, glas_object_scores, panoptic_quality, scores
 
     rows = []
     for (src, name), items in sorted(counts.items()):
@@ -62,14 +62,20 @@ def score_rows(counts: dict[tuple[str, str], list]) -> list[dict]:
             pq = [panoptic_quality(np.asarray(g), p) for g, p in with_inst]
             for k in ("pq", "dq", "sq"):
                 row[k] = round(float(np.mean([q[k] for q in pq])), 4)
+            glas = [glas_object_scores(np.asarray(g), p) for g, p in with_inst]  # the GlaS challenge's rule
+            tp, fp, fn = (sum(q[k] for q in glas) for k in ("tp", "fp", "fn"))
+            row["f1_glas"] = round(2 * tp / max(1, 2 * tp + fp + fn), 4)
+            row["object_dice"] = round(float(np.mean([q["object_dice"] for q in glas])), 4)
         rows.append(row)
     return rows
 
 
 def print_table(rows: Iterable[dict]) -> None:
-    print("| source | method | images | Dice pooled | Dice mean ± sd | AJI ± sd | PQ | DQ (object F1) | SQ |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| source | method | images | Dice pooled | Dice mean ± sd | AJI ± sd | PQ | DQ (object F1) | SQ "
+          "| F1 (GlaS rule) | object Dice |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         aji = f"{r['aji']} ± {r['aji_sd']}" if "aji" in r else ""
         print(f"| {r['source']} | {r['method']} | {r['images']} | {r['dice']} | {r['dice_mean']} ± {r['dice_sd']} "
-              f"| {aji} | {r.get('pq', '')} | {r.get('dq', '')} | {r.get('sq', '')} |")
+              f"| {aji} | {r.get('pq', '')} | {r.get('dq', '')} | {r.get('sq', '')} | {r.get('f1_glas', '')} "
+              f"| {r.get('object_dice', '')} |")

@@ -85,6 +85,27 @@ def test_baseline_unet_three_class_decoders_on_touching_discs():
         bench.decode(prob, border, "nope")
 
 
+def test_baseline_unet_five_levels_answer_at_input_size():
+    """bench/baseline_unet.py: a five-level U-Net (``--widths``, the issue's specialist's shape) answers at the
+    input's size on an image that is no multiple of its pooling, with border <= object <= 1."""
+    import importlib.util
+    import sys
+
+    import torch
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "baseline_unet.py"
+    spec = importlib.util.spec_from_file_location("baseline_unet_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    torch.manual_seed(0)
+    net = bench.build_unet((4, 8, 8, 8, 8)).eval()
+    rgb = np.random.default_rng(0).integers(0, 255, (50, 37, 3), dtype=np.uint8)
+    prob, border = bench.predict(net, rgb, head=0, tta=True)
+    assert prob.shape == border.shape == (50, 37)
+    assert ((0 <= border) & (border <= prob + 1e-6) & (prob <= 1 + 1e-6)).all()
+
+
 def test_mask_errors_bench_places_each_wrong_pixel():
     """bench/mask_errors.py on hand-made masks: a prediction one px too small puts every false negative in the border
     band; a missed nucleus and a spurious blob are counted in their own places."""

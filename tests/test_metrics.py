@@ -6,7 +6,8 @@ import pytest
 
 from pathsegmentor.evaluation.evaluate import summarize
 from pathsegmentor.inference.instances import separate_instances
-from pathsegmentor.evaluation.metrics import (Counts, aggregated_jaccard_index, confusion, panoptic_quality, scores)
+from pathsegmentor.evaluation.metrics import (Counts, aggregated_jaccard_index, confusion, glas_object_scores,
+                                              panoptic_quality, scores)
 
 
 def test_confusion_and_scores_by_hand():
@@ -55,6 +56,12 @@ def test_pooled_vs_mean_in_summary():
     assert row["pixel_dice"] == pytest.approx(round(20 / 22, 4))
     assert row["mean_dice"] == pytest.approx(round((2 / 3 + 18 / 19) / 2, 4))
     assert t["negatives"][0]["presence_accuracy"] == 0.5
+    assert "f1_glas" not in row  # no instance rows, no object figures
+    rows[0].update(obj_tp=1, obj_fp=0, obj_fn=3, object_dice=0.2)
+    rows[1].update(obj_tp=4, obj_fp=2, obj_fn=0, object_dice=0.8)
+    row = summarize(rows)["by_category"][0]
+    assert row["f1_glas"] == pytest.approx(round(2 * 5 / (2 * 5 + 2 + 3), 4))  # counts pooled over images
+    assert row["object_dice"] == pytest.approx(0.5)  # a mean per image
     assert Counts(1, 2, 3, 4) + Counts(1, 1, 1, 1) == Counts(2, 3, 4, 5)
 
 
@@ -75,6 +82,32 @@ def test_aji_and_pq_by_hand():
     assert pq["pq"] == pytest.approx(pq["dq"] * pq["sq"])
     assert aggregated_jaccard_index(np.zeros((3, 3), int), np.zeros((3, 3), int)) == 1.0
     assert aggregated_jaccard_index(gt, np.zeros_like(gt)) == 0.0
+
+
+def test_glas_object_scores_by_hand():
+    """The GlaS challenge's object F1 and object Dice on hand-made glands: a prediction twice the true gland's size
+    is a hit by the GlaS rule (covers all of it) but not at IoU > 0.5; one covering under half of its gland is not;
+    two true glands merged into one prediction give one hit and one miss."""
+    gt = np.zeros((20, 40), int)
+    gt[2:6, 2:6] = 1  # 16 px, predicted twice too large (32 px covering it): IoU 0.5, GlaS hit
+    gt[10:14, 2:6] = 2  # 16 px, predicted 6 px of it: no hit
+    gt[2:6, 20:24] = 3  # 16 px } merged into one prediction of 40 px (covers 3 wholly, most overlap: 3)
+    gt[2:6, 26:30] = 4  # 16 px }
+    pred = np.zeros_like(gt)
+    pred[2:10, 2:6] = 1  # 32 px
+    pred[10:12, 2:5] = 2  # 6 px inside gland 2
+    pred[2:6, 20:30] = 3  # 40 px: all of 3 and 4 (intersections 16 and 16; ties go to the first: gland 3)
+    pred[17:19, 35:38] = 4  # on no gland
+    s = glas_object_scores(gt, pred)
+    assert (s["tp"], s["fp"], s["fn"]) == (2, 2, 2)
+    assert s["f1"] == pytest.approx(2 * 2 / (2 * 2 + 2 + 2))
+    assert panoptic_quality(gt, pred)["dq"] < s["f1"]  # IoU 32/32=0.5 is no match at IoU > 0.5
+    d_pred = (32 * (2 * 16 / 48) + 6 * (2 * 6 / 22) + 40 * (2 * 16 / 56) + 6 * 0) / 84
+    d_gt = (16 * (2 * 16 / 48) + 16 * (2 * 6 / 22) + 16 * (2 * 16 / 56) + 16 * (2 * 16 / 56)) / 64
+    assert s["object_dice"] == pytest.approx((d_pred + d_gt) / 2)
+    assert glas_object_scores(gt, gt)["f1"] == glas_object_scores(gt, gt)["object_dice"] == 1.0
+    assert glas_object_scores(np.zeros_like(gt), np.zeros_like(gt))["f1"] == 1.0
+    assert glas_object_scores(gt, np.zeros_like(gt))["f1"] == glas_object_scores(gt, np.zeros_like(gt))["object_dice"] == 0.0
 
 
 def test_separate_instances_splits_touching_disks_keeps_elongated():

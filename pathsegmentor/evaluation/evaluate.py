@@ -5,7 +5,8 @@
 For every image, all of its annotated categories and its true negatives are prompted in one call
 (one image encoding). Reported: Dice, IoU, pixel accuracy, precision, recall (pooled over pixels and
 mean per image), presence accuracy on negatives, and AJI / PQ (DQ: object-level F1 at IoU 0.5) for
-instance categories (nuclei, cells, glands) with instance ground truth; predicted instances come from
+instance categories (nuclei, cells, glands) with instance ground truth, with the GlaS challenge's object F1
+(``f1_glas``: a hit covers more than half of its true object; counts pooled over images) and object Dice; predicted instances come from
 the model's own instance decoder (``segment(..., instances=...)``: the separation maps of a model that
 predicts them, else a watershed of the mask), the one ``segment()`` and whole slides use. Prompts are
 the corpus' canonical category names, sent to the model as they are (``vocabulary="open"``), so
@@ -49,10 +50,13 @@ def summarize(rows: list[dict[str, Any]], presence_threshold: float = 0.5) -> di
             entry = {"key": " / ".join(key), "n": len(rs)}
             entry.update({f"pixel_{m}": round(v, 4) for m, v in scores(pooled).items()})
             entry.update({f"mean_{m}": round(float(np.mean(v)), 4) for m, v in per.items()})
-            for m in ("aji", "pq", "dq", "sq"):
+            for m in ("aji", "pq", "dq", "sq", "object_dice"):
                 vals = [r[m] for r in rs if m in r]
                 if vals:
                     entry[m] = round(float(np.mean(vals)), 4)
+            obj = [sum(r[k] for r in rs if k in r) for k in ("obj_tp", "obj_fp", "obj_fn")]
+            if any("obj_tp" in r for r in rs):  # the GlaS rule's object F1, counts pooled over images
+                entry["f1_glas"] = round(2 * obj[0] / max(1, 2 * obj[0] + obj[1] + obj[2]), 4)
             out.append(entry)
         return out
 

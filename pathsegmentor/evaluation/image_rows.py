@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .metrics import aggregated_jaccard_index, confusion, panoptic_quality
+from .metrics import aggregated_jaccard_index, confusion, glas_object_scores, panoptic_quality
 
 
 def _is_instance_category(label: str, settings) -> bool:
@@ -62,6 +62,9 @@ def evaluate_image(model, sample: dict[str, Any], *, cross_prompts: Sequence[str
                     pinst = instance_decoding(predictor.config, lb, "watershed").decode(pred, None)
                 row["aji"] = aggregated_jaccard_index(np.asarray(inst), pinst)
                 row.update(panoptic_quality(np.asarray(inst), pinst))
+                glas = glas_object_scores(np.asarray(inst), pinst)  # the GlaS challenge's object F1 and Dice
+                row.update({"object_dice": glas["object_dice"], "obj_tp": glas["tp"], "obj_fp": glas["fp"],
+                            "obj_fn": glas["fn"]})
             rows.append(row)
         if lb in negatives:
             rows.append({**base, "kind": "negative", "prompt": lb, "label": lb, "presence": float(res.presence[k]),
