@@ -218,6 +218,29 @@ def evaluate(net, corpus, working_mpp, sources=(), tta=True, model=None, limit=0
     return score_rows(counts)
 
 
+def write_overlay(net, corpus, working_mpp, sources, path: Path, decoder: str = "argmax", side: int = 400) -> None:
+    """A picture of the first validation image of ``sources`` (its top-left ``side``² px): the true objects'
+    outlines in green, the U-Net's (flips, ``decoder``) in red; written to ``path`` (PNG)."""
+    from PIL import Image
+    from skimage.segmentation import find_boundaries
+
+    from pathsegmentor.inference.separation import resize_labels
+
+    net.eval()
+    src, label, s, gt, gt_inst = next(iter(validation_items(corpus, sources, 1)))
+    H, W = gt.shape
+    scale = float(s["mpp"]) / working_mpp[label]
+    prob, border = predict(net, _resize(s["image"], (max(16, round(H * scale)), max(16, round(W * scale)))),
+                           HEADS.index(label))
+    inst = resize_labels(decode(prob, border, decoder), (H, W))
+    img = np.array(s["image"][:side, :side], copy=True)
+    truth = gt_inst if gt_inst is not None else gt
+    img[find_boundaries(np.asarray(truth)[:side, :side])] = (0, 255, 0)
+    img[find_boundaries(inst[:side, :side])] = (255, 0, 0)
+    Image.fromarray(img).save(path)
+    print(f"overlay ({src} {s.get('image_id', '')}: truth green, U-Net red) -> {path}")
+
+
 def train(net, crops, corpus, working_mpp, args, out: Path) -> tuple[int, float, list[dict]]:
     """Adam with a cosine rate over ``args.steps`` steps or ``args.minutes``; a learning-curve point (validation,
     no flips) every ``args.curve_every`` steps, written to ``out/baseline_curve.json`` as it goes.
@@ -277,6 +300,8 @@ def main(argv=None) -> int:
                          "scored source, in the recipe's balance)")
     ap.add_argument("--widths", type=int, nargs="+", default=[32, 64, 128, 256],
                     help="channels per U-Net level, stride 1 first (e.g. 16 32 64 128 256: five levels)")
+    ap.add_argument("--overlay", default="", help="also write a picture (PNG) of the U-Net's objects against the "
+                                                   "truth on the first validation image of the scored sources")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(REPO / "runs" / "baseline-unet"))
@@ -318,6 +343,8 @@ def main(argv=None) -> int:
     rows = evaluate(net, corpus, working_mpp, sources=tuple(args.sources), tta=not args.no_tta, model=model,
                     limit=args.limit, decoder=args.decoder)
     print_table(rows)
+    if args.overlay:
+        write_overlay(net, corpus, working_mpp, tuple(args.sources) or tuple(TASKS), Path(args.overlay), args.decoder)
     summary = {"params_m": round(n_params / 1e6, 3), "steps": step, "crops": step * args.batch,
                "train_s": round(trained_s, 1), "crops_per_s": round(step * args.batch / trained_s, 3),
                "sources": args.sources or sorted(TASKS), "widths": list(record.get("widths", args.widths)), "tta": not args.no_tta, "decoder": args.decoder, "curve_decoder": curve_decoder,
