@@ -44,7 +44,8 @@ def model_counts(model, items: Iterable[tuple], *, tta: bool = False, name: str 
 
 def score_rows(counts: dict[tuple[str, str], list]) -> list[dict]:
     """``(source, method) -> [(Counts, gt instances or None, predicted instances), ...]`` -> one row each."""
-    from pathsegmentor.evaluation.metrics import aggregated_jaccard_index, glas_object_scores, panoptic_quality, scores
+    from pathsegmentor.evaluation.metrics import (aggregated_jaccard_index, glas_object_scores, panoptic_quality,
+                                                  pool_glas_object_scores, scores)
 
     rows = []
     for (src, name), items in sorted(counts.items()):
@@ -63,19 +64,20 @@ def score_rows(counts: dict[tuple[str, str], list]) -> list[dict]:
             for k in ("pq", "dq", "sq"):
                 row[k] = round(float(np.mean([q[k] for q in pq])), 4)
             glas = [glas_object_scores(np.asarray(g), p) for g, p in with_inst]  # the GlaS challenge's rule
-            tp, fp, fn = (sum(q[k] for q in glas) for k in ("tp", "fp", "fn"))
-            row["f1_glas"] = round(2 * tp / max(1, 2 * tp + fp + fn), 4)
-            row["object_dice"] = round(float(np.mean([q["object_dice"] for q in glas])), 4)
+            pooled_glas = pool_glas_object_scores(glas)  # pooled over the images, as the challenge does
+            row["f1_glas"] = round(pooled_glas["f1"], 4)
+            row["f1_glas_mean"] = round(float(np.mean([q["f1"] for q in glas])), 4)
+            row["object_dice_glas"] = round(pooled_glas["object_dice"], 4)
         rows.append(row)
     return rows
 
 
 def print_table(rows: Iterable[dict]) -> None:
     print("| source | method | images | Dice pooled | Dice mean ± sd | AJI ± sd | PQ | DQ (object F1) | SQ "
-          "| F1 (GlaS rule) | object Dice |")
+          "| F1, GlaS rule (per-image mean) | object Dice, GlaS |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         aji = f"{r['aji']} ± {r['aji_sd']}" if "aji" in r else ""
         print(f"| {r['source']} | {r['method']} | {r['images']} | {r['dice']} | {r['dice_mean']} ± {r['dice_sd']} "
               f"| {aji} | {r.get('pq', '')} | {r.get('dq', '')} | {r.get('sq', '')} | {r.get('f1_glas', '')} "
-              f"| {r.get('object_dice', '')} |")
+              f"({r.get('f1_glas_mean', '')}) | {r.get('object_dice_glas', '')} |")

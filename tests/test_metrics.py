@@ -7,7 +7,7 @@ import pytest
 from pathsegmentor.evaluation.evaluate import summarize
 from pathsegmentor.inference.instances import separate_instances
 from pathsegmentor.evaluation.metrics import (Counts, aggregated_jaccard_index, confusion, glas_object_scores,
-                                              panoptic_quality, scores)
+                                              panoptic_quality, pool_glas_object_scores, scores)
 
 
 def test_confusion_and_scores_by_hand():
@@ -57,11 +57,14 @@ def test_pooled_vs_mean_in_summary():
     assert row["mean_dice"] == pytest.approx(round((2 / 3 + 18 / 19) / 2, 4))
     assert t["negatives"][0]["presence_accuracy"] == 0.5
     assert "f1_glas" not in row  # no instance rows, no object figures
-    rows[0].update(obj_tp=1, obj_fp=0, obj_fn=3, object_dice=0.2)
-    rows[1].update(obj_tp=4, obj_fp=2, obj_fn=0, object_dice=0.8)
+    rows[0].update(glas_tp=1, glas_fp=0, glas_fn=3, glas_f1=0.4, glas_dice_pred_sum=10.0, glas_area_pred=10,
+                   glas_dice_true_sum=8.0, glas_area_true=40)
+    rows[1].update(glas_tp=4, glas_fp=2, glas_fn=0, glas_f1=0.8, glas_dice_pred_sum=30.0, glas_area_pred=60,
+                   glas_dice_true_sum=40.0, glas_area_true=40)
     row = summarize(rows)["by_category"][0]
     assert row["f1_glas"] == pytest.approx(round(2 * 5 / (2 * 5 + 2 + 3), 4))  # counts pooled over images
-    assert row["object_dice"] == pytest.approx(0.5)  # a mean per image
+    assert row["mean_f1_glas"] == pytest.approx(0.6)
+    assert row["object_dice_glas"] == pytest.approx(round(0.5 * (40 / 70 + 48 / 80), 4))  # area-weighted, pooled
     assert Counts(1, 2, 3, 4) + Counts(1, 1, 1, 1) == Counts(2, 3, 4, 5)
 
 
@@ -106,6 +109,10 @@ def test_glas_object_scores_by_hand():
     d_gt = (16 * (2 * 16 / 48) + 16 * (2 * 6 / 22) + 16 * (2 * 16 / 56) + 16 * (2 * 16 / 56)) / 64
     assert s["object_dice"] == pytest.approx((d_pred + d_gt) / 2)
     assert glas_object_scores(gt, gt)["f1"] == glas_object_scores(gt, gt)["object_dice"] == 1.0
+    # pooled over two images (the challenge's way): counts and area-weighted sums added before dividing
+    both = pool_glas_object_scores([s, glas_object_scores(gt, gt)])
+    assert both["f1"] == pytest.approx(2 * 6 / (2 * 6 + 2 + 2))
+    assert both["object_dice"] == pytest.approx(0.5 * ((d_pred * 84 + 64) / (84 + 64) + (d_gt * 64 + 64) / 128))
     assert glas_object_scores(np.zeros_like(gt), np.zeros_like(gt))["f1"] == 1.0
     assert glas_object_scores(gt, np.zeros_like(gt))["f1"] == glas_object_scores(gt, np.zeros_like(gt))["object_dice"] == 0.0
 

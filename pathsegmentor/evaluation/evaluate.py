@@ -6,7 +6,8 @@ For every image, all of its annotated categories and its true negatives are prom
 (one image encoding). Reported: Dice, IoU, pixel accuracy, precision, recall (pooled over pixels and
 mean per image), presence accuracy on negatives, and AJI / PQ (DQ: object-level F1 at IoU 0.5) for
 instance categories (nuclei, cells, glands) with instance ground truth, with the GlaS challenge's object F1
-(``f1_glas``: a hit covers more than half of its true object; counts pooled over images) and object Dice; predicted instances come from
+(``f1_glas``: a hit covers more than half of its true object; ``object_dice_glas``; both pooled over the
+images as the challenge computes them; ``mean_f1_glas``: F1 per image, averaged); predicted instances come from
 the model's own instance decoder (``segment(..., instances=...)``: the separation maps of a model that
 predicts them, else a watershed of the mask), the one ``segment()`` and whole slides use. Prompts are
 the corpus' canonical category names, sent to the model as they are (``vocabulary="open"``), so
@@ -29,7 +30,7 @@ import numpy as np
 
 from ..training.collectives import all_gather_objects
 from .image_rows import evaluate_image
-from .metrics import Counts, scores
+from .metrics import Counts, pool_glas_object_scores, scores
 
 def summarize(rows: list[dict[str, Any]], presence_threshold: float = 0.5) -> dict[str, list[dict[str, Any]]]:
     """Aggregate raw rows into tables: ``by_category``, ``by_source``, ``overall``, ``negatives``, ``cross``."""
@@ -50,13 +51,16 @@ def summarize(rows: list[dict[str, Any]], presence_threshold: float = 0.5) -> di
             entry = {"key": " / ".join(key), "n": len(rs)}
             entry.update({f"pixel_{m}": round(v, 4) for m, v in scores(pooled).items()})
             entry.update({f"mean_{m}": round(float(np.mean(v)), 4) for m, v in per.items()})
-            for m in ("aji", "pq", "dq", "sq", "object_dice"):
+            for m in ("aji", "pq", "dq", "sq"):
                 vals = [r[m] for r in rs if m in r]
                 if vals:
                     entry[m] = round(float(np.mean(vals)), 4)
-            obj = [sum(r[k] for r in rs if k in r) for k in ("obj_tp", "obj_fp", "obj_fn")]
-            if any("obj_tp" in r for r in rs):  # the GlaS rule's object F1, counts pooled over images
-                entry["f1_glas"] = round(2 * obj[0] / max(1, 2 * obj[0] + obj[1] + obj[2]), 4)
+            glas = [{k[5:]: v for k, v in r.items() if k.startswith("glas_")} for r in rs if "glas_tp" in r]
+            if glas:  # the GlaS challenge's figures, pooled over the images as it computes them; F1 also per image
+                pooled_glas = pool_glas_object_scores(glas)
+                entry["f1_glas"] = round(pooled_glas["f1"], 4)
+                entry["mean_f1_glas"] = round(float(np.mean([g["f1"] for g in glas])), 4)
+                entry["object_dice_glas"] = round(pooled_glas["object_dice"], 4)
             out.append(entry)
         return out
 

@@ -62,9 +62,8 @@ def evaluate_image(model, sample: dict[str, Any], *, cross_prompts: Sequence[str
                     pinst = instance_decoding(predictor.config, lb, "watershed").decode(pred, None)
                 row["aji"] = aggregated_jaccard_index(np.asarray(inst), pinst)
                 row.update(panoptic_quality(np.asarray(inst), pinst))
-                glas = glas_object_scores(np.asarray(inst), pinst)  # the GlaS challenge's object F1 and Dice
-                row.update({"object_dice": glas["object_dice"], "obj_tp": glas["tp"], "obj_fp": glas["fp"],
-                            "obj_fn": glas["fn"]})
+                # the GlaS challenge's object F1 and Dice, with what pooling them over images needs
+                row.update({f"glas_{k}": v for k, v in glas_object_scores(np.asarray(inst), pinst).items()})
             rows.append(row)
         if lb in negatives:
             rows.append({**base, "kind": "negative", "prompt": lb, "label": lb, "presence": float(res.presence[k]),

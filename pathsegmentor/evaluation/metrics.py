@@ -124,21 +124,36 @@ def glas_object_scores(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     (a hit there needs IoU > 0.5: a predicted gland twice the true one's size is a hit here, not there); the
     published GlaS F1 figures (DCAN, MILD-Net) use this rule. ``object_dice``: the mean of the area-weighted Dice of
     each predicted object with its most-overlapping true object and of each true object with its most-overlapping
-    predicted object (0 where an object overlaps none). Both empty -> 1; one empty -> 0. Counts are returned so
-    that F1 can be pooled over images."""
+    predicted object (0 where an object overlaps none). Both empty -> 1; one empty -> 0. The counts and the
+    area-weighted sums (``dice_pred_sum`` / ``area_pred``, ``dice_true_sum`` / ``area_true``) are returned so that
+    both figures can be pooled over a set of images, as the challenge computes them (:func:`pool_glas_object_scores`)."""
     inter, ag, ap = _pairwise(gt, pred)
     if ag.size == 0 or ap.size == 0:
         both = float(ag.size == 0 and ap.size == 0)
-        return {"f1": both, "object_dice": both, "tp": 0, "fp": int(ap.size), "fn": int(ag.size)}
+        return {"f1": both, "object_dice": both, "tp": 0, "fp": int(ap.size), "fn": int(ag.size),
+                "dice_pred_sum": 0.0, "area_pred": int(ap.sum()), "dice_true_sum": 0.0, "area_true": int(ag.sum())}
     best_g = inter.argmax(0)  # the true object each predicted one overlaps most
     cols = np.arange(ap.size)
     hit = inter[best_g, cols] * 2 > ag[best_g]
     tp = int(hit.sum())
     fp, fn = int(ap.size) - tp, int(ag.size) - tp
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
     best_p = inter.argmax(1)  # the predicted object each true one overlaps most
     rows = np.arange(ag.size)
     dice_p = np.where(inter[best_g, cols] > 0, 2 * inter[best_g, cols] / (ag[best_g] + ap), 0.0)
     dice_g = np.where(inter[rows, best_p] > 0, 2 * inter[rows, best_p] / (ag + ap[best_p]), 0.0)
-    object_dice = 0.5 * (float((dice_p * ap).sum() / ap.sum()) + float((dice_g * ag).sum() / ag.sum()))
-    return {"f1": float(f1), "object_dice": object_dice, "tp": tp, "fp": fp, "fn": fn}
+    out = {"tp": tp, "fp": fp, "fn": fn, "dice_pred_sum": float((dice_p * ap).sum()), "area_pred": int(ap.sum()),
+           "dice_true_sum": float((dice_g * ag).sum()), "area_true": int(ag.sum())}
+    return {**pool_glas_object_scores([out]), **out}
+
+
+def pool_glas_object_scores(per_image: list[dict]) -> dict[str, float]:
+    """``f1`` and ``object_dice`` of :func:`glas_object_scores` pooled over images: counts and area-weighted sums
+    added before dividing (every object of the set weighs by its area, as in the GlaS challenge)."""
+    tp, fp, fn = (sum(int(r[k]) for r in per_image) for k in ("tp", "fp", "fn"))
+    a_p, a_g = (sum(r[k] for r in per_image) for k in ("area_pred", "area_true"))
+    if not (tp + fp + fn):
+        return {"f1": 1.0, "object_dice": 1.0}
+    f1 = 2 * tp / (2 * tp + fp + fn)
+    d_p = sum(r["dice_pred_sum"] for r in per_image) / a_p if a_p else 0.0
+    d_g = sum(r["dice_true_sum"] for r in per_image) / a_g if a_g else 0.0
+    return {"f1": float(f1), "object_dice": 0.5 * (float(d_p) + float(d_g))}
