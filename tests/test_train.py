@@ -225,10 +225,41 @@ def test_bad_loss_grid_and_frozen_module_are_named(tmp_path, tiny_corpus):
 
     with pytest.raises(ConfigError, match="loss.grid 'pixels'.*'decoder'"):
         _cfg(tmp_path, tiny_corpus, "loss.grid=pixels")
+    with pytest.raises(ConfigError, match="loss.interior_weight is -1.*>= 0"):
+        _cfg(tmp_path, tiny_corpus, "loss.interior_weight=-1")
     cfg = _cfg(tmp_path, tiny_corpus, "freeze.image_encoder_modules=[backbone.nope]")
     with pytest.raises(ConfigError, match="no submodule 'backbone.nope'.*backbone"):
         build_model_for_training(cfg)
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_interior_weights_make_a_missed_object_cost_more_than_its_border():
+    """loss.interior_weight: on a row with instance targets a wholly missed object's centre weighs 1 + w, its edge
+    1, rows without instances 1; the weighted BCE keeps its scale (all-ones weights give the plain loss)."""
+    import torch
+
+    from pathsegmentor.training.losses import LossConfig, interior_weights, segmentation_loss
+
+    dist = torch.zeros(1, 2, 8, 8)
+    dist[0, :, 2:6, 2:6] = 0.5
+    dist[0, :, 3:5, 3:5] = 1.0  # an object: edge 0.5, centre 1 (both rows)
+    w = interior_weights(dist, torch.tensor([[True, False]]), 2.0)
+    assert float(w[0, 0, 3, 3]) == 3.0 and float(w[0, 0, 2, 2]) == 2.0 and float(w[0, 0, 0, 0]) == 1.0
+    assert bool((w[0, 1] == 1).all())  # no instance targets on that row: every pixel alike
+    target = (dist > 0).float()
+    valid = torch.ones_like(target, dtype=torch.bool)
+    cfg = LossConfig(dice=0.0, presence=0.0)
+    right = 5.0 * (2 * target - 1)  # confident and right everywhere
+    miss_centre, miss_edge = right.clone(), right.clone()
+    miss_centre[0, 0, 3:5, 3:5] = -5.0  # the same number of wrong pixels (4) at the centre or on the edge
+    miss_edge[0, 0, 2, 2:6] = -5.0
+    pres = torch.zeros(1, 2)
+    loss = {k: float(segmentation_loss(m, pres, target, valid, pres, cfg, pixel_weight=w)["bce"])
+            for k, m in (("centre", miss_centre), ("edge", miss_edge))}
+    assert loss["centre"] > loss["edge"]
+    plain = segmentation_loss(miss_centre, pres, target, valid, pres, cfg)["bce"]
+    assert float(segmentation_loss(miss_centre, pres, target, valid, pres, cfg,
+                                   pixel_weight=torch.ones_like(w))["bce"]) == pytest.approx(float(plain))
 
 
 def test_train_only_freezes_the_rest_and_frozen_modules_keep_their_statistics(tmp_path, tiny_corpus):

@@ -19,6 +19,10 @@ class LossConfig:
     # where masks are compared with their targets: "input" (logits upsampled to the crop) or "decoder" (targets
     # area-averaged to the decoder's grid, stride 2 in dense mode: a quarter of the pixels, no upsampling)
     grid: str = "input"
+    # extra weight of object interiors in the mask's BCE/focal, on rows with instance targets: a pixel weighs
+    # 1 + interior_weight * d, d the target's border distance in [0, 1] (0 at an object's edge, 1 at its centre), so a
+    # wholly missed nucleus costs more than the ambiguous ring at the border of a found one (0: every pixel alike)
+    interior_weight: float = 0.0
 
 
 GRIDS = ("input", "decoder")
@@ -50,13 +54,23 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float) -> torc
     return (1 - p_t) ** gamma * bce
 
 
+def interior_weights(distance: torch.Tensor, rows: torch.Tensor, weight: float) -> torch.Tensor:
+    """Per-pixel weights ``[B, P, H, W]`` of the mask loss (``LossConfig.interior_weight``): ``1 + weight * d`` on
+    the ``rows`` (``bool [B, P]``) with instance targets, ``d`` their border distance ``[B, P, H, W]`` in [0, 1];
+    1 everywhere else."""
+    return 1.0 + weight * distance.clamp(0, 1) * rows[..., None, None].to(distance.dtype)
+
+
 def segmentation_loss(mask_logits: torch.Tensor, presence_logits: torch.Tensor, target: torch.Tensor,
-                      valid: torch.Tensor, presence: torch.Tensor, cfg: LossConfig) -> dict[str, torch.Tensor]:
+                      valid: torch.Tensor, presence: torch.Tensor, cfg: LossConfig,
+                      pixel_weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Dice + BCE (or focal) on masks, BCE on presence.
 
     Args:
         mask_logits / target / valid: ``[B, P, H, W]`` (target 0/1, valid bool).
         presence_logits / presence: ``[B, P]`` (presence 0/1).
+        pixel_weight: ``[B, P, H, W]`` weights of the BCE/focal pixels (:func:`interior_weights`; None: all 1);
+            the weighted mean divides by the weights' sum, so the loss keeps its scale.
 
     Dice is averaged over prompts whose target is non-empty (Dice of an empty target is undefined);
     BCE/focal over every valid pixel of every prompt, so negatives learn empty masks.
@@ -64,6 +78,7 @@ def segmentation_loss(mask_logits: torch.Tensor, presence_logits: torch.Tensor, 
     ml = mask_logits.flatten(0, 1)
     t = target.flatten(0, 1)
     v = valid.flatten(0, 1).to(ml.dtype)
+    wv = v if pixel_weight is None else v * pixel_weight.flatten(0, 1).to(ml.dtype)  # BCE/focal weights
     out: dict[str, torch.Tensor] = {}
     total = ml.new_zeros(())
     if cfg.dice:
@@ -73,11 +88,11 @@ def segmentation_loss(mask_logits: torch.Tensor, presence_logits: torch.Tensor, 
         total = total + cfg.dice * out["dice"]
     if cfg.bce:
         pix = F.binary_cross_entropy_with_logits(ml, t, reduction="none")
-        out["bce"] = (pix * v).sum() / v.sum().clamp(min=1)
+        out["bce"] = (pix * wv).sum() / wv.sum().clamp(min=1)
         total = total + cfg.bce * out["bce"]
     if cfg.focal:
         pix = focal_loss(ml, t, cfg.focal_gamma)
-        out["focal"] = (pix * v).sum() / v.sum().clamp(min=1)
+        out["focal"] = (pix * wv).sum() / wv.sum().clamp(min=1)
         total = total + cfg.focal * out["focal"]
     if cfg.presence:
         out["presence"] = F.binary_cross_entropy_with_logits(presence_logits.flatten(), presence.flatten())

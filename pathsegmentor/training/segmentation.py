@@ -74,6 +74,9 @@ def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) ->
     if cfg.loss.grid not in GRIDS:
         raise ConfigError(f"loss.grid '{cfg.loss.grid}' unknown. Available: {list(GRIDS)} (set it in the recipe's "
                           "loss section or pass loss.grid=decoder)")
+    if not cfg.loss.interior_weight >= 0:
+        raise ConfigError(f"loss.interior_weight is {cfg.loss.interior_weight}; it must be >= 0 (0: every mask pixel "
+                          "weighs alike; e.g. 2: an object's centre weighs 3x its edge). Fix the recipe's loss section.")
     return cfg
 
 
@@ -225,7 +228,8 @@ class SegmentationObjective(Objective):
 
     def loss(self, module, batch: dict[str, Any], device) -> dict[str, Any]:
         from .embedding_cache import features_from_batch
-        from .losses import area_resize, fused_segmentation_loss, segmentation_loss, separation_loss, to_grid
+        from .losses import (area_resize, fused_segmentation_loss, interior_weights, segmentation_loss, separation_loss,
+                             to_grid)
 
         pixels = self.model.normalize(batch["pixels"].to(device))
         feats = features_from_batch(batch)
@@ -247,7 +251,12 @@ class SegmentationObjective(Objective):
             target, valid = to_grid(target, valid, size)
         if getattr(outp, "branches", None):  # CellSAM fused mode: deep supervision of every branch
             return fused_segmentation_loss(outp, target, valid, presence, self.cfg.loss)
-        out = segmentation_loss(outp.mask_logits, outp.presence_logits, target, valid, presence, self.cfg.loss)
+        weight = None
+        if self.cfg.loss.interior_weight and sep_target is not None:  # object interiors weigh more (LossConfig)
+            weight = interior_weights(sep_target[:, :, 2], batch["sep_valid"].to(device),
+                                      self.cfg.loss.interior_weight)
+        out = segmentation_loss(outp.mask_logits, outp.presence_logits, target, valid, presence, self.cfg.loss,
+                                pixel_weight=weight)
         if sep_target is not None and self.cfg.loss.separation:
             out["separation"] = separation_loss(outp.separation, sep_target, batch["sep_valid"].to(device),
                                                 target, valid)
