@@ -196,21 +196,29 @@ def decode(prob: np.ndarray, border: np.ndarray, decoder: str = "argmax") -> np.
     return drop_small(labels, 4)
 
 
+def sample_instances(net, sample: dict, label: str, working_mpp: dict, decoder: str = "argmax",
+                     tta: bool = True) -> np.ndarray:
+    """The U-Net's objects ``int32 [H, W]`` on a corpus ``sample``, read at the ``label``'s working µm/px and
+    returned at the sample's own size."""
+    from pathsegmentor.inference.separation import resize_labels
+
+    H, W = sample["image"].shape[:2]
+    scale = float(sample["mpp"]) / working_mpp[label]
+    size = (max(16, round(H * scale)), max(16, round(W * scale)))
+    prob, border = predict(net, _resize(sample["image"], size), HEADS.index(label), tta=tta)
+    return resize_labels(decode(prob, border, decoder), (H, W))
+
+
 def evaluate(net, corpus, working_mpp, sources=(), tta=True, model=None, limit=0, decoder="argmax"):
     """Per (source, method) rows on the validation split (``limit`` images per source, 0: all); ``model`` adds its
     ``segment()`` beside the U-Net on the same images; ``decoder``: :func:`decode`'s."""
     from pathsegmentor.evaluation.metrics import confusion
-    from pathsegmentor.inference.separation import resize_labels
 
     net.eval()
     counts: dict[tuple[str, str], list] = defaultdict(list)
     items = list(validation_items(corpus, sources, limit))
     for src, label, s, gt, gt_inst in items:
-        H, W = gt.shape
-        scale = float(s["mpp"]) / working_mpp[label]
-        size = (max(16, round(H * scale)), max(16, round(W * scale)))
-        prob, border = predict(net, _resize(s["image"], size), HEADS.index(label), tta=tta)
-        inst = resize_labels(decode(prob, border, decoder), (H, W))
+        inst = sample_instances(net, s, label, working_mpp, decoder, tta)
         counts[(src, "unet")].append((confusion(inst > 0, gt), gt_inst, inst))
     if model is not None:
         model_counts(model, items, tta=tta, counts=counts)
@@ -224,15 +232,9 @@ def write_overlay(net, corpus, working_mpp, sources, path: Path, decoder: str = 
     from PIL import Image
     from skimage.segmentation import find_boundaries
 
-    from pathsegmentor.inference.separation import resize_labels
-
     net.eval()
     src, label, s, gt, gt_inst = next(iter(validation_items(corpus, sources, 1)))
-    H, W = gt.shape
-    scale = float(s["mpp"]) / working_mpp[label]
-    prob, border = predict(net, _resize(s["image"], (max(16, round(H * scale)), max(16, round(W * scale)))),
-                           HEADS.index(label))
-    inst = resize_labels(decode(prob, border, decoder), (H, W))
+    inst = sample_instances(net, s, label, working_mpp, decoder)
     img = np.array(s["image"][:side, :side], copy=True)
     truth = gt_inst if gt_inst is not None else gt
     img[find_boundaries(np.asarray(truth)[:side, :side])] = (0, 255, 0)
@@ -325,7 +327,8 @@ def main(argv=None) -> int:
     crops = Crops(corpus, args.recipe, args.seed, tuple(args.sources))
     working_mpp = {"nuclei": crops.ds.structure_mpp.get("cell", crops.ds.model_mpp), "gland": crops.ds.model_mpp}
     record = json.loads((run / "baseline_unet.json").read_text()) if run is not None else {}
-    net = build_unet(tuple(record.get("widths", args.widths)))  # a trained run is rebuilt at its own widths
+    widths = list(record.get("widths", args.widths))  # a trained run is rebuilt at its own widths
+    net = build_unet(tuple(widths))
     n_params = sum(p.numel() for p in net.parameters())
     if args.weights:  # score a trained U-Net: its run's record (steps, time, curve) is carried over
         net.load_state_dict(torch.load(args.weights, map_location="cpu"))
@@ -347,7 +350,8 @@ def main(argv=None) -> int:
         write_overlay(net, corpus, working_mpp, tuple(args.sources) or tuple(TASKS), Path(args.overlay), args.decoder)
     summary = {"params_m": round(n_params / 1e6, 3), "steps": step, "crops": step * args.batch,
                "train_s": round(trained_s, 1), "crops_per_s": round(step * args.batch / trained_s, 3),
-               "sources": args.sources or sorted(TASKS), "widths": list(record.get("widths", args.widths)), "tta": not args.no_tta, "decoder": args.decoder, "curve_decoder": curve_decoder,
+               "sources": args.sources or sorted(TASKS), "widths": widths, "tta": not args.no_tta,
+               "decoder": args.decoder, "curve_decoder": curve_decoder,
                "rows": rows, "curve": curve}
     (out / "baseline_unet.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary))

@@ -11,6 +11,19 @@ import pytest
 from shapes import XX, YY, discs as _discs
 
 
+def _bench(name: str):
+    """A script of bench/ loaded as a module (``bench/<name>.py``; the scripts are not a package)."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_distance_core_per_object_type():
     """inference.instance_distance_core: the distance decoder's core by the concept's object type ('default' for
     the rest); a lower core seeds a narrow-necked object once, a higher one splits it; bad tables are named."""
@@ -62,14 +75,7 @@ def test_min_object_um2_per_object_type():
 def test_baseline_unet_three_class_decoders_on_touching_discs():
     """bench/baseline_unet.py's decoders on ideal softmax outputs of two touching discs: the usual argmax reading
     finds the two; the border decoder too on clean maps (its trouble is noisy soft borders, not this case)."""
-    import importlib.util
-    import sys
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "baseline_unet.py"
-    spec = importlib.util.spec_from_file_location("baseline_unet_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
-    spec.loader.exec_module(bench)
+    bench = _bench("baseline_unet")
     inst = _discs((32, 30, 14), (32, 55, 14))
     classes = bench.three_class(inst > 0, inst)  # 0 background, 1 interior, 2 thick border
     assert set(np.unique(classes)) == {0, 1, 2}
@@ -88,16 +94,9 @@ def test_baseline_unet_three_class_decoders_on_touching_discs():
 def test_baseline_unet_five_levels_answer_at_input_size():
     """bench/baseline_unet.py: a five-level U-Net (``--widths``, the issue's specialist's shape) answers at the
     input's size on an image that is no multiple of its pooling, with border <= object <= 1."""
-    import importlib.util
-    import sys
-
     import torch
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "baseline_unet.py"
-    spec = importlib.util.spec_from_file_location("baseline_unet_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
-    spec.loader.exec_module(bench)
+    bench = _bench("baseline_unet")
     torch.manual_seed(0)
     net = bench.build_unet((4, 8, 8, 8, 8)).eval()
     rgb = np.random.default_rng(0).integers(0, 255, (50, 37, 3), dtype=np.uint8)
@@ -109,13 +108,7 @@ def test_baseline_unet_five_levels_answer_at_input_size():
 def test_mask_errors_bench_places_each_wrong_pixel():
     """bench/mask_errors.py on hand-made masks: a prediction one px too small puts every false negative in the border
     band; a missed nucleus and a spurious blob are counted in their own places."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "mask_errors.py"
-    spec = importlib.util.spec_from_file_location("mask_errors_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench("mask_errors")
     yy, xx = np.mgrid[:64, :64]
     gt = np.zeros((64, 64), np.int32)
     gt[(yy - 16) ** 2 + (xx - 16) ** 2 <= 64] = 1  # a nucleus of radius 8
