@@ -305,3 +305,17 @@ def test_source_weights_multiply_the_balanced_shares():
         sampling_weights(corpus, "train", "source", source_weights={"a": 0.0})
     cfg = load_train_config(TEST_RECIPE, ["data.source_weights={folder: 3}"])
     assert cfg.data.source_weights == {"folder": 3}
+
+
+def test_stain_concentrations_unmix_a_pure_haematoxylin_image():
+    """Colour deconvolution (what hed_jitter perturbs and bench/stain_augment.py measures): glass is 0 OD, a colour made
+    of haematoxylin alone comes back as haematoxylin alone at its density."""
+    from pathsegmentor.training.augment import _RGB_FROM_HED, stain_concentrations
+
+    white = np.full((4, 4, 3), 255, np.uint8)
+    np.testing.assert_allclose(stain_concentrations(white), 0.0, atol=1e-5)
+    od = 0.8 * _RGB_FROM_HED[0]                       # haematoxylin at 0.8 OD, no eosin or DAB
+    rgb = np.clip(256.0 * np.exp(-od) - 1.0, 0, 255).round().astype(np.uint8)
+    hed = stain_concentrations(np.broadcast_to(rgb, (2, 2, 3)).copy())
+    assert hed.shape == (2, 2, 3) and hed.dtype == np.float32
+    np.testing.assert_allclose(hed[0, 0], [0.8, 0.0, 0.0], atol=0.02)

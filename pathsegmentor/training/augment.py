@@ -16,6 +16,13 @@ _RGB_FROM_HED = _RGB_FROM_HED / np.linalg.norm(_RGB_FROM_HED, axis=1, keepdims=T
 _HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED).astype(np.float32)
 
 
+def stain_concentrations(image: np.ndarray) -> np.ndarray:
+    """Colour deconvolution (Ruifrok & Johnston): ``uint8 [H, W, 3]`` RGB -> ``float32 [H, W, 3]`` optical densities of
+    haematoxylin, eosin and DAB (0 on white glass; nuclei in H&E about 0.3-1.5 in H)."""
+    od = -np.log((image.astype(np.float32) + 1.0) / 256.0)
+    return (od.reshape(-1, 3) @ _HED_FROM_RGB).reshape(image.shape)
+
+
 def hed_jitter(image: np.ndarray, rng: np.random.Generator, sigma: float = 0.05, bias: float = 0.02) -> np.ndarray:
     """Perturb stain concentrations in optical-density space (Tellez et al. 2018).
 
@@ -24,8 +31,7 @@ def hed_jitter(image: np.ndarray, rng: np.random.Generator, sigma: float = 0.05,
     """
     if sigma <= 0 and bias <= 0:
         return image
-    od = -np.log((image.astype(np.float32) + 1.0) / 256.0)
-    hed = od.reshape(-1, 3) @ _HED_FROM_RGB
+    hed = stain_concentrations(image).reshape(-1, 3)
     alpha = 1.0 + rng.uniform(-sigma, sigma, 3).astype(np.float32)
     beta = rng.uniform(-bias, bias, 3).astype(np.float32)
     hed = hed * alpha + beta
