@@ -79,16 +79,13 @@ train-tiny-v11:
 	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v11-cpu.yaml output_dir=runs/tiny-v11 \
 	  data.corpus=$(abspath $(CORPUS))
 
-# the v15 candidate (configs/train/tiny-v15-cpu.yaml): a full leg from v10 as shipped with strong stain augmentation and
-# the interior-weighted mask loss; then `make refit-presence-tiny calibrate-tiny RUN=runs/tiny-v15`, its rule in the recipe
-train-tiny-v15: v10-weights
-	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v15-cpu.yaml output_dir=runs/tiny-v15 \
-	  data.corpus=$(abspath $(CORPUS)) model.init_from=$(abspath $(V10))
-
-# the v14 candidate (configs/train/tiny-v14-cpu.yaml): v10's pixel decoder and hypernetwork trained with the mask's
-# BCE weighted toward object interiors (loss.interior_weight), everything else frozen; its rule in the recipe
-train-tiny-v14: v10-weights
-	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v14-cpu.yaml output_dir=runs/tiny-v14 \
+# candidates trained from v10 as shipped, each recipe with its rule in the file:
+# v14 (configs/train/tiny-v14-cpu.yaml): v10's pixel decoder and hypernetwork trained with the mask's BCE weighted toward
+#   object interiors (loss.interior_weight), everything else frozen;
+# v15 (configs/train/tiny-v15-cpu.yaml): a full leg with strong stain augmentation and the interior-weighted mask loss;
+#   then `make refit-presence-tiny calibrate-tiny RUN=runs/tiny-v15`
+train-tiny-v14 train-tiny-v15: train-tiny-v%: v10-weights
+	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v$*-cpu.yaml output_dir=runs/tiny-v$* \
 	  data.corpus=$(abspath $(CORPUS)) model.init_from=$(abspath $(V10))
 
 # the v13 candidate (configs/train/tiny-v13-cpu.yaml): a stride-1 stage on v10's pixel decoder, only the pixel decoder

@@ -262,6 +262,34 @@ def test_interior_weights_make_a_missed_object_cost_more_than_its_border():
                                    pixel_weight=torch.ones_like(w))["bce"]) == pytest.approx(float(plain))
 
 
+
+def test_fused_loss_weighs_the_fused_masks_and_every_branch_alike():
+    """CellSAM's fused mode gets loss.interior_weight's pixel weights too: the fused masks' and each branch's BCE are
+    segmentation_loss's with the same weights."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from pathsegmentor.training.losses import LossConfig, fused_segmentation_loss, segmentation_loss
+
+    g = torch.Generator().manual_seed(0)
+    target = (torch.rand(1, 2, 8, 8, generator=g) > 0.5).float()
+    valid = torch.ones_like(target, dtype=torch.bool)
+    pres = torch.zeros(1, 2)
+    weight = 1.0 + 2.0 * torch.rand(1, 2, 8, 8, generator=g)
+    fused, branch = (SimpleNamespace(mask_logits=torch.randn(1, 2, 8, 8, generator=g), presence_logits=pres)
+                     for _ in range(2))
+    fused.branches = {"light": branch}
+    cfg = LossConfig(dice=0.0, presence=0.0)
+    out = fused_segmentation_loss(fused, target, valid, pres, cfg, branch_weight=0.5, pixel_weight=weight)
+    want = {k: float(segmentation_loss(o.mask_logits, pres, target, valid, pres, cfg, pixel_weight=weight)["bce"])
+            for k, o in (("fused", fused), ("light", branch))}
+    assert float(out["bce"]) == pytest.approx(want["fused"])
+    assert float(out["branch_light"]) == pytest.approx(want["light"])
+    assert float(out["loss"]) == pytest.approx(want["fused"] + 0.5 * want["light"])
+    unweighted = fused_segmentation_loss(fused, target, valid, pres, cfg, branch_weight=0.5)
+    assert float(unweighted["bce"]) != pytest.approx(want["fused"])
+
 def test_train_only_freezes_the_rest_and_frozen_modules_keep_their_statistics(tmp_path, tiny_corpus):
     import torch
 

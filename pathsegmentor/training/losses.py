@@ -144,16 +144,18 @@ def separation_loss(raw: torch.Tensor | None, target: torch.Tensor, rows: torch.
 
 
 def fused_segmentation_loss(output, target: torch.Tensor, valid: torch.Tensor, presence: torch.Tensor, cfg,
-                            branch_weight: float = 0.5) -> dict[str, torch.Tensor]:
+                            branch_weight: float = 0.5,
+                            pixel_weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Segmentation loss of a fused-mode :class:`~pathsegmentor.cellsam.model.CellSAMOutput`: the
     fused masks' loss plus ``branch_weight`` times the mean of the branches' losses (deep supervision,
     so each deployment mode's masks stay good on their own). ``cfg``: a
-    :class:`~pathsegmentor.training.losses.LossConfig`. Returns the fused terms, ``branch_<name>`` totals and
-    ``loss``."""
-    out = segmentation_loss(output.mask_logits, output.presence_logits, target, valid, presence, cfg)
+    :class:`~pathsegmentor.training.losses.LossConfig`; ``pixel_weight``: as :func:`segmentation_loss`'s, for the fused
+    masks and every branch. Returns the fused terms, ``branch_<name>`` totals and ``loss``."""
+    out = segmentation_loss(output.mask_logits, output.presence_logits, target, valid, presence, cfg, pixel_weight)
     branches = getattr(output, "branches", {}) or {}
     if branches and branch_weight:
-        per = {k: segmentation_loss(b.mask_logits, b.presence_logits, target, valid, presence, cfg)["loss"]
+        per = {k: segmentation_loss(b.mask_logits, b.presence_logits, target, valid, presence, cfg,
+                                   pixel_weight)["loss"]
                for k, b in branches.items()}
         for k, v in per.items():
             out[f"branch_{k}"] = v

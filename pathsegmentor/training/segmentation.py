@@ -244,22 +244,21 @@ class SegmentationObjective(Objective):
         outp = module(pixels, batch["prompts"], features=feats, full_resolution=not on_grid, **extra)
         target, valid, presence = (batch[k].to(device) for k in ("target", "valid", "presence"))
         sep_target = batch["sep_target"].to(device) if "sep_target" in batch else None
+        sep_valid = batch["sep_valid"].to(device) if sep_target is not None else None
         if on_grid:  # targets to the decoder's grid instead of logits to the crop
             size = tuple(outp.mask_logits.shape[-2:])
             if sep_target is not None:
                 sep_target = area_resize(sep_target, size)
             target, valid = to_grid(target, valid, size)
-        if getattr(outp, "branches", None):  # CellSAM fused mode: deep supervision of every branch
-            return fused_segmentation_loss(outp, target, valid, presence, self.cfg.loss)
         weight = None
         if self.cfg.loss.interior_weight and sep_target is not None:  # object interiors weigh more (LossConfig)
-            weight = interior_weights(sep_target[:, :, 2], batch["sep_valid"].to(device),
-                                      self.cfg.loss.interior_weight)
+            weight = interior_weights(sep_target[:, :, 2], sep_valid, self.cfg.loss.interior_weight)
+        if getattr(outp, "branches", None):  # CellSAM fused mode: deep supervision of every branch
+            return fused_segmentation_loss(outp, target, valid, presence, self.cfg.loss, pixel_weight=weight)
         out = segmentation_loss(outp.mask_logits, outp.presence_logits, target, valid, presence, self.cfg.loss,
                                 pixel_weight=weight)
         if sep_target is not None and self.cfg.loss.separation:
-            out["separation"] = separation_loss(outp.separation, sep_target, batch["sep_valid"].to(device),
-                                                target, valid)
+            out["separation"] = separation_loss(outp.separation, sep_target, sep_valid, target, valid)
             out["loss"] = out["loss"] + self.cfg.loss.separation * out["separation"]
         return out
 
