@@ -35,7 +35,13 @@ def hed_jitter(image: np.ndarray, rng: np.random.Generator, sigma: float = 0.05,
     alpha = 1.0 + rng.uniform(-sigma, sigma, 3).astype(np.float32)
     beta = rng.uniform(-bias, bias, 3).astype(np.float32)
     hed = hed * alpha + beta
-    od = (hed @ _RGB_FROM_HED).reshape(image.shape)
+    return stain_image(hed.reshape(image.shape))
+
+
+def stain_image(hed: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`stain_concentrations`: ``float32 [H, W, 3]`` H, E, DAB optical densities -> ``uint8
+    [H, W, 3]`` RGB (clipped to 0-255)."""
+    od = (hed.reshape(-1, 3) @ _RGB_FROM_HED).reshape(hed.shape)
     rgb = 256.0 * np.exp(-od) - 1.0
     return np.clip(rgb, 0, 255).round().astype(np.uint8)
 

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from .augment import brightness_contrast, flip_rotate, hed_jitter, log_uniform_jitter, random_scaled_crop
 from .pigment import check_pigment, paste_pigment
+from .vesicular import check_vesicular, vesicular_crop
 from .prompt_rows import PromptRows, choose_text_labels
 from .prompt_sampling import GEOMETRIC_KINDS, blank_image, choose_geometric, negative_phrases, other_organ_concepts
 from .sampling import PositionSampler, sampling_weights
@@ -44,6 +45,9 @@ class DataConfig:
     size (``mpp=None``: nothing rescaled). 0 (default) draws nothing, so other recipes' crops are unchanged.
     ``pigment_prob``: chance that dark pigment is pasted into a crop, covering a fraction drawn from
     ``pigment_coverage``, every target cleared under it (:mod:`.pigment`); 0 (default) draws nothing.
+    ``vesicular_prob``: chance that a crop's nuclei are made vesicular (chromatin cleared from the centre, the rim
+    kept, labels unchanged; :mod:`.vesicular`), each with chance ``vesicular_fraction``, keeping a share of their
+    central haematoxylin drawn from ``vesicular_centre``; 0 (default) draws nothing.
     """
 
     corpus: str = ""
@@ -72,6 +76,9 @@ class DataConfig:
     native_sources: list[str] = field(default_factory=list)
     pigment_prob: float = 0.0
     pigment_coverage: tuple[float, float] = (0.05, 0.35)
+    vesicular_prob: float = 0.0
+    vesicular_fraction: float = 0.5
+    vesicular_centre: tuple[float, float] = (0.2, 0.6)
 
 
 def load_synonyms(corpus_dir: str | Path) -> dict[str, list[str]]:
@@ -123,6 +130,7 @@ class PromptedCrops(Dataset):
         if unknown:
             raise ValueError(f"data.geometric_kinds has unknown kind(s) {unknown}. Available: {list(GEOMETRIC_KINDS)}")
         self._pigment_coverage = check_pigment(cfg.pigment_prob, cfg.pigment_coverage)
+        self._vesicular_centre = check_vesicular(cfg.vesicular_prob, cfg.vesicular_fraction, cfg.vesicular_centre)
         self._decoded: dict[int, dict[str, Any]] = {}
 
     def _sample(self, index: int) -> dict[str, Any]:
@@ -179,6 +187,9 @@ class PromptedCrops(Dataset):
             pig_rng = np.random.default_rng([self.seed, int(position), 5])
             if pig_rng.random() < self.cfg.pigment_prob:
                 img, targets, instances = paste_pigment(img, targets, instances, pig_rng, self._pigment_coverage)
+        if self.cfg.vesicular_prob > 0:
+            img = vesicular_crop(img, instances, self.ontology, np.random.default_rng([self.seed, int(position), 6]),
+                                 self.cfg.vesicular_prob, self.cfg.vesicular_fraction, self._vesicular_centre)
         img = hed_jitter(img, rng, self.cfg.hed_sigma, self.cfg.hed_bias)
         img = brightness_contrast(img, rng, self.cfg.brightness_contrast)
         if self.cfg.blank_prob > 0 and \
