@@ -124,3 +124,36 @@ def test_mask_errors_bench_places_each_wrong_pixel():
     assert c["fp"] == 100 and c["fp_spurious"] == 100 and c["fp_band"] == 0
     s = bench.summary([c])
     assert 0 < s["dice"] < s["dice_band_forgiven"] < 1
+
+
+def test_paired_rows_compare_the_same_images_and_report_the_noise(tmp_path):
+    """bench/paired_rows.py: per-image Dice and AJI of two evaluations paired by image, the mean change with its
+    standard error; images only one side answered are left out; a file that is not a rows.csv is named."""
+    import pandas as pd
+
+    bench = _bench("paired_rows")
+
+    def rows(tps, ajis, extra=False):
+        out = [{"image_id": f"m/{k}", "source": "monuseg", "kind": "positive", "prompt": "nuclei", "tp": tp,
+                "fp": 10, "fn": 10, "aji": aji} for k, (tp, aji) in enumerate(zip(tps, ajis))]
+        out.append({"image_id": "m/0", "source": "monuseg", "kind": "cross", "prompt": "gland", "tp": 0, "fp": 50,
+                    "fn": 50, "aji": float("nan")})
+        if extra:
+            out.append({"image_id": "m/9", "source": "monuseg", "kind": "positive", "prompt": "nuclei", "tp": 1,
+                        "fp": 99, "fn": 99, "aji": 0.0})
+        return pd.DataFrame(out)
+
+    ref, cand = rows([90, 90, 90], [0.5, 0.5, 0.5]), rows([90, 90, 190], [0.6, 0.5, 0.7], extra=True)
+    pairs = bench.paired(ref, cand, "monuseg", "nuclei")
+    assert [p[0] for p in pairs] == ["m/0", "m/1", "m/2"]  # m/9 only in the candidate
+    assert pairs[0][1]["dice"] == pytest.approx(0.9)
+    s = bench.summary(pairs, "aji")
+    assert s["n"] == 3 and s["rose"] == 2 and s["mean"] == pytest.approx(0.1)
+    assert s["se"] == pytest.approx(0.1 / np.sqrt(3)) and s["t"] == pytest.approx(np.sqrt(3))
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    ref.to_csv(a, index=False)
+    cand.drop(columns=["aji"]).to_csv(b, index=False)
+    with pytest.raises(SystemExit, match=r"lacks the columns \['aji'\]"):
+        bench.main([str(a), str(b)])
+    with pytest.raises(SystemExit, match="no such file"):
+        bench.main([str(a), str(tmp_path / "missing.csv")])
