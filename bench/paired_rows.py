@@ -35,8 +35,9 @@ def paired(reference, candidate, source: str, prompt: str) -> list[tuple[str, di
     for image_id in sorted(set(a) & set(b)):
         fa = {"dice": _dice(a[image_id])}
         fb = {"dice": _dice(b[image_id])}
-        if not (math.isnan(float(a[image_id]["aji"])) or math.isnan(float(b[image_id]["aji"]))):
-            fa["aji"], fb["aji"] = float(a[image_id]["aji"]), float(b[image_id]["aji"])
+        ajis = [float(r[image_id].get("aji", float("nan"))) for r in (a, b)]
+        if not any(math.isnan(v) for v in ajis):
+            fa["aji"], fb["aji"] = ajis
         out.append((image_id, fa, fb))
     return out
 
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
                              "(DIR/rows.csv)")
     ref, cand = pd.read_csv(args.reference), pd.read_csv(args.candidate)
     for name, df in (("reference", ref), ("candidate", cand)):
-        missing = {"image_id", "source", "kind", "prompt", "tp", "fp", "fn", "aji"} - set(df.columns)
+        missing = {"image_id", "source", "kind", "prompt", "tp", "fp", "fn"} - set(df.columns)  # aji: instance rows only
         if missing:
             raise SystemExit(f"{name} {getattr(args, name)} lacks the columns {sorted(missing)}: it is not a rows.csv "
                              "of `pathsegmentor evaluate`")

@@ -152,8 +152,10 @@ def test_paired_rows_compare_the_same_images_and_report_the_noise(tmp_path):
     assert s["se"] == pytest.approx(0.1 / np.sqrt(3)) and s["t"] == pytest.approx(np.sqrt(3))
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
     ref.to_csv(a, index=False)
-    cand.drop(columns=["aji"]).to_csv(b, index=False)
-    with pytest.raises(SystemExit, match=r"lacks the columns \['aji'\]"):
+    cand.drop(columns=["aji"]).to_csv(b, index=False)  # no instance rows: Dice alone
+    assert bench.main([str(a), str(b)]) == 0
+    cand.drop(columns=["tp"]).to_csv(b, index=False)
+    with pytest.raises(SystemExit, match=r"lacks the columns \['tp'\]"):
         bench.main([str(a), str(b)])
     with pytest.raises(SystemExit, match="no such file"):
         bench.main([str(a), str(tmp_path / "missing.csv")])
