@@ -50,6 +50,7 @@ class LoopConfig:
     log_every: int = 10
     stop_after: int = 0  # end this leg after this step's checkpoint (no final model; continue with --resume)
     threads: int = 0  # torch.set_num_threads on CPU (0: leave default)
+    ema_decay: float = 0.0  # > 0: the final model is the moving average of the weights (training/ema.py)
 
 
 def load_recipe(cls: Callable[..., T], path: str | Path | None, overrides: Sequence[str] = ()) -> tuple[T, Path | None]:

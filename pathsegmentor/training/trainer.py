@@ -26,6 +26,7 @@ import yaml
 from ..modeling.config import ConfigError
 from .checkpoints import check_resume_compatible, latest_checkpoint, save_checkpoint
 from .collectives import all_gather_objects, mean_across_ranks
+from .ema import WeightAverage, check_ema_decay
 from .command import add_arguments, run_config_command, training_command  # noqa: F401 - re-exported
 from .recipe import lr_lambda
 from .run_log import append_row, write_loss_plot
@@ -174,9 +175,10 @@ def _start_outputs(accelerator, cfg, name: str, *, resumed: bool) -> Path:
 
 
 def _train_loop(objective: Objective, accelerator, module, optimizer, scheduler, batches,
-                progress: _Progress, log_path: Path) -> None:
+                progress: _Progress, log_path: Path, ema=None) -> None:
     """Run ``batches`` until ``train.steps`` (or a ``train.stop_after`` leg's checkpoint), logging every
-    ``log_every`` steps and checkpointing every ``save_every``; updates ``progress``."""
+    ``log_every`` steps and checkpointing every ``save_every``; updates ``progress`` (and ``ema``, the weight
+    average, after every optimiser step)."""
     from tqdm.auto import tqdm
 
     cfg, loop = objective.cfg, objective.cfg.train
@@ -207,6 +209,8 @@ def _train_loop(objective: Objective, accelerator, module, optimizer, scheduler,
             continue
         step += 1
         progress.step = step
+        if ema is not None:
+            ema.update(objective.final_model())
         bar.update(1)
         if step % loop.log_every == 0 or step == loop.steps:
             means = mean_across_ranks({k: v / n_acc for k, v in sums.items()}, accelerator.device)
@@ -229,7 +233,8 @@ def _train_loop(objective: Objective, accelerator, module, optimizer, scheduler,
     bar.close()
 
 
-def _finish(objective: Objective, accelerator, progress: _Progress, global_batch: int, log_path: Path) -> dict:
+def _finish(objective: Objective, accelerator, progress: _Progress, global_batch: int, log_path: Path,
+            ema=None) -> dict:
     """After the loop: the summary (checksums and peak RSS per rank, throughput, losses, the objective's
     entries) and, on the main process, the final model, the loss curve and ``<name>_summary.json``."""
     import resource
@@ -238,6 +243,8 @@ def _finish(objective: Objective, accelerator, progress: _Progress, global_batch
 
     out, step = Path(objective.cfg.output_dir), progress.step
     final = objective.final_model()
+    if ema is not None:  # the saved model is the moving average; the checkpoints keep the raw weights
+        ema.copy_to(final)
     # per-rank parameter checksums: identical across ranks when DDP kept the replicas in sync
     with torch.no_grad():
         checksum = float(sum(p.double().sum() + (p.double() ** 2).sum() for p in final.parameters()))
@@ -269,22 +276,27 @@ def fit(objective: Objective, *, resume: bool = False) -> dict[str, Any]:
     ensure_torchvision()
     cfg, name = objective.cfg, objective.name
     loop = cfg.train
+    check_ema_decay(loop.ema_decay)  # before any output
     if loop.threads:
         torch.set_num_threads(loop.threads)
     out = Path(cfg.output_dir)
     accelerator = _make_accelerator(loop)
     resume_from = _checkpoint_to_resume(accelerator, cfg, out / "checkpoints", resume)
     module, optimizer, loader, scheduler, global_batch = _prepare(objective, accelerator)
+    ema = None
+    if check_ema_decay(loop.ema_decay):
+        ema = WeightAverage(objective.final_model(), loop.ema_decay)
+        accelerator.register_for_checkpointing(ema)  # saved and restored with every checkpoint
     step, batches = _restore(accelerator, resume_from, loader, loop.grad_accum)
     log_path = _start_outputs(accelerator, cfg, name, resumed=resume_from is not None)
     objective.before_loop(accelerator, resumed=resume_from is not None)
 
     progress = _Progress(step=step, start_step=step)
-    _train_loop(objective, accelerator, module, optimizer, scheduler, batches, progress, log_path)
+    _train_loop(objective, accelerator, module, optimizer, scheduler, batches, progress, log_path, ema)
     accelerator.wait_for_everyone()
     if progress.step < loop.steps:  # a leg ended by train.stop_after: the checkpoint is the output, no final model
         accelerator.print(f"stopped after step {progress.step}'s checkpoint (train.stop_after); "
                           f"continue with --resume")
         accelerator.end_training()
         return {"steps": progress.step, "stopped_after": progress.step, "output_dir": str(out)}
-    return _finish(objective, accelerator, progress, global_batch, log_path)
+    return _finish(objective, accelerator, progress, global_batch, log_path, ema)
