@@ -75,3 +75,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """A PathSeg corpus of 8 synthetic folder-source images (96 px), built once per module (training tests)."""
+    from data_builders import build
+    from data_builders.synthetic import write_folder_dataset
+
+    source = write_folder_dataset(tmp_path_factory.mktemp("folder_src"), n=8, size=96)
+    out = tmp_path_factory.mktemp("corpus") / "pathseg"
+    build({"folder": source}, out, val_fraction=0.25, tile=1024, seed=0)
+    return out

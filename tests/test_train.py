@@ -15,36 +15,13 @@ import pytest
 from pathsegmentor.modeling.config import ConfigError
 from pathsegmentor.training.segmentation import load_train_config, run_training
 
-REPO = Path(__file__).resolve().parent.parent
-TEST_RECIPE = REPO / "configs" / "train" / "test.yaml"
-
-
-@pytest.fixture(scope="module")
-def tiny_corpus(tmp_path_factory) -> Path:
-    from data_builders import build
-    from data_builders.synthetic import write_folder_dataset
-
-    source = write_folder_dataset(tmp_path_factory.mktemp("folder_src"), n=8, size=96)
-    out = tmp_path_factory.mktemp("corpus") / "pathseg"
-    build({"folder": source}, out, val_fraction=0.25, tile=1024, seed=0)
-    return out
+from train_helpers import REPO, TEST_RECIPE
+from train_helpers import run_cli as _run_cli
+from train_helpers import weights as _weights
 
 
 def _cfg(tmp: Path, corpus: Path, *extra: str):
     return load_train_config(TEST_RECIPE, [f"data.corpus={corpus}", f"output_dir={tmp}", *extra])
-
-
-def _run_cli(args: list[str], *, launcher: list[str] | None = None, module: str = "pathsegmentor.training",
-             timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = (launcher or [sys.executable]) + ["-m", module, *args]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def _weights(d: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(d / "model" / "model.safetensors"))
 
 
 def test_single_process_trains_and_loss_decreases(tmp_path, tiny_corpus):
@@ -348,57 +325,3 @@ def test_stain_concentrations_unmix_a_pure_haematoxylin_image():
     assert hed.shape == (2, 2, 3) and hed.dtype == np.float32
     np.testing.assert_allclose(hed[0, 0], [0.8, 0.0, 0.0], atol=0.02)
 
-
-def test_weight_average_follows_the_weights_and_round_trips():
-    import torch
-
-    from pathsegmentor.training.ema import WeightAverage, check_ema_decay
-
-    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
-    net[0].bias.requires_grad_(False)  # frozen: not tracked
-    ema = WeightAverage(net, 0.9)
-    assert "0.bias" not in ema.shadow and "1.running_mean" in ema.shadow and "1.num_batches_tracked" not in ema.shadow
-    start = net[0].weight.detach().clone()
-    with torch.no_grad():
-        net[0].weight.add_(1.0)
-    ema.update(net)  # first update: rate min(0.9, 2 / 11), so the average moves 9/11 of the way
-    torch.testing.assert_close(ema.shadow["0.weight"], start + 9.0 / 11.0)
-    for _ in range(200):
-        ema.update(net)
-    torch.testing.assert_close(ema.shadow["0.weight"], start + 1.0)  # converges to constant weights
-    other = WeightAverage(net, 0.9)
-    other.load_state_dict(ema.state_dict())
-    assert other.updates == 201
-    fresh = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
-    fresh[0].bias.requires_grad_(False)
-    ema.copy_to(fresh)
-    torch.testing.assert_close(fresh[0].weight, ema.shadow["0.weight"])
-    with pytest.raises(ValueError, match="other weights"):
-        WeightAverage(torch.nn.Linear(2, 2), 0.9).load_state_dict(ema.state_dict())
-    for bad in (1.0, -0.5, 2):
-        with pytest.raises(ConfigError, match=f"train.ema_decay={float(bad)}"):
-            check_ema_decay(bad)
-    assert check_ema_decay(0) == 0.0
-
-
-def test_weight_average_is_the_final_model_and_resumes_exactly(tmp_path, tiny_corpus):
-    """train.ema_decay: the saved model is the average (not the raw weights, which the checkpoint keeps), and a leg
-    stopped and resumed ends at the same average as a straight run; a bad decay is refused before any output."""
-    common = ["--config", str(TEST_RECIPE), f"data.corpus={tiny_corpus}", "train.steps=6", "train.save_every=3"]
-    runs = {}
-    for name, extra in (("raw", []), ("straight", ["train.ema_decay=0.5"])):
-        r = _run_cli(common + [f"output_dir={tmp_path / name}", *extra])
-        assert r.returncode == 0, r.stderr[-3000:]
-        runs[name] = _weights(tmp_path / name)
-    leg = tmp_path / "leg"
-    for extra in (["train.stop_after=3"], ["--resume"]):
-        r = _run_cli(common + [f"output_dir={leg}", "train.ema_decay=0.5", *extra])
-        assert r.returncode == 0, r.stderr[-3000:]
-    assert list((leg / "checkpoints" / "step_0000003").glob("custom_checkpoint_*"))  # the average is checkpointed
-    resumed = _weights(leg)
-    assert any(not (runs["raw"][k] == runs["straight"][k]).all() for k in runs["raw"])  # the average, not the raw
-    for k in runs["straight"]:
-        assert (runs["straight"][k] == resumed[k]).all(), f"{k} differs after resume"
-    bad = tmp_path / "bad"
-    r = _run_cli(common + [f"output_dir={bad}", "train.ema_decay=1.5"])
-    assert r.returncode == 2 and "train.ema_decay=1.5" in r.stderr and not bad.exists()
