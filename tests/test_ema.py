@@ -41,7 +41,8 @@ def test_weight_average_follows_the_weights_and_round_trips():
 
 def test_weight_average_is_the_final_model_and_resumes_exactly(tmp_path, tiny_corpus):
     """train.ema_decay: the saved model is the average (not the raw weights, which the checkpoint keeps), and a leg
-    stopped and resumed ends at the same average as a straight run; a bad decay is refused before any output."""
+    stopped and resumed ends at the same average as a straight run; resuming with another decay and a bad decay
+    are refused before any output."""
     common = ["--config", str(TEST_RECIPE), f"data.corpus={tiny_corpus}", "train.steps=6", "train.save_every=3"]
     runs = {}
     for name, extra in (("raw", []), ("straight", ["train.ema_decay=0.5"])):
@@ -49,9 +50,12 @@ def test_weight_average_is_the_final_model_and_resumes_exactly(tmp_path, tiny_co
         assert r.returncode == 0, r.stderr[-3000:]
         runs[name] = _weights(tmp_path / name)
     leg = tmp_path / "leg"
-    for extra in (["train.stop_after=3"], ["--resume"]):
-        r = _run_cli(common + [f"output_dir={leg}", "train.ema_decay=0.5", *extra])
-        assert r.returncode == 0, r.stderr[-3000:]
+    r = _run_cli(common + [f"output_dir={leg}", "train.ema_decay=0.5", "train.stop_after=3"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = _run_cli(common + [f"output_dir={leg}", "--resume"])  # without the average it started with: refused
+    assert r.returncode == 2 and "train.ema_decay=0.5" in r.stderr and not (leg / "model").exists()
+    r = _run_cli(common + [f"output_dir={leg}", "train.ema_decay=0.5", "--resume"])
+    assert r.returncode == 0, r.stderr[-3000:]
     assert list((leg / "checkpoints" / "step_0000003").glob("custom_checkpoint_*"))  # the average is checkpointed
     resumed = _weights(leg)
     assert any(not (runs["raw"][k] == runs["straight"][k]).all() for k in runs["raw"])  # the average, not the raw

@@ -27,6 +27,12 @@ def check_resume_compatible(ckpt: Path, cfg) -> dict[str, Any]:
             f"Cannot resume from '{ckpt}': it was trained with model '{state.get('model')}' "
             f"(overrides {state.get('model_overrides')}), this run uses '{cfg.model.name}' "
             f"(overrides {cfg.model.overrides}). Use a new output_dir or the same model.")
+    ema = float(getattr(cfg.train, "ema_decay", 0.0))
+    if "ema_decay" in state and float(state["ema_decay"]) != ema:  # checkpoints before the key: not checked
+        raise ConfigError(
+            f"Cannot resume from '{ckpt}': it was written with train.ema_decay={state['ema_decay']}, this run sets "
+            f"train.ema_decay={ema}. Resume with train.ema_decay={state['ema_decay']} (the weight average goes on from "
+            f"the checkpoint) or use a new output_dir.")
     return state
 
 
@@ -44,7 +50,8 @@ def save_checkpoint(accelerator, ckpt_root: Path, step: int, cfg) -> Path:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / "trainer_state.json").write_text(json.dumps(
-            {"step": step, "model": cfg.model.name, "model_overrides": cfg.model.overrides}, indent=2))
+            {"step": step, "model": cfg.model.name, "model_overrides": cfg.model.overrides,
+             "ema_decay": float(getattr(cfg.train, "ema_decay", 0.0))}, indent=2))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
