@@ -35,12 +35,12 @@ def densest_crop(inst: np.ndarray, crop: int) -> tuple[int, int]:
 
 
 def outline(image: np.ndarray, inst: np.ndarray) -> np.ndarray:
-    from scipy import ndimage as ndi
+    """The crop with every nucleus' edge (toward the background or a touching nucleus) in green: the pixels at
+    relative depth 0 (:func:`pathsegmentor.training.vesicular.relative_depth`)."""
+    from pathsegmentor.training.vesicular import relative_depth
 
-    edge = (inst > 0) & ~ndi.binary_erosion(inst > 0)
-    edge |= (ndi.grey_dilation(inst, size=3) != inst) & (inst > 0)
     out = image.copy()
-    out[edge] = (0, 255, 0)
+    out[(inst > 0) & (relative_depth(inst) == 0)] = (0, 255, 0)
     return out
 
 

@@ -27,7 +27,7 @@ def check_resume_compatible(ckpt: Path, cfg) -> dict[str, Any]:
             f"Cannot resume from '{ckpt}': it was trained with model '{state.get('model')}' "
             f"(overrides {state.get('model_overrides')}), this run uses '{cfg.model.name}' "
             f"(overrides {cfg.model.overrides}). Use a new output_dir or the same model.")
-    ema = float(getattr(cfg.train, "ema_decay", 0.0))
+    ema = float(cfg.train.ema_decay)
     if "ema_decay" in state and float(state["ema_decay"]) != ema:  # checkpoints before the key: not checked
         raise ConfigError(
             f"Cannot resume from '{ckpt}': it was written with train.ema_decay={state['ema_decay']}, this run sets "
@@ -51,7 +51,7 @@ def save_checkpoint(accelerator, ckpt_root: Path, step: int, cfg) -> Path:
     if accelerator.is_main_process:
         (tmp / "trainer_state.json").write_text(json.dumps(
             {"step": step, "model": cfg.model.name, "model_overrides": cfg.model.overrides,
-             "ema_decay": float(getattr(cfg.train, "ema_decay", 0.0))}, indent=2))
+             "ema_decay": float(cfg.train.ema_decay)}, indent=2))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
