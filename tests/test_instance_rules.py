@@ -159,3 +159,25 @@ def test_paired_rows_compare_the_same_images_and_report_the_noise(tmp_path):
         bench.main([str(a), str(b)])
     with pytest.raises(SystemExit, match="no such file"):
         bench.main([str(a), str(tmp_path / "missing.csv")])
+
+
+def test_paired_losses_pair_the_logged_steps_and_name_a_bad_log(tmp_path, capsys):
+    """bench/paired_losses.py: two train_log.csv paired by step (steps only one leg logged left out), per window of
+    steps the mean change with its standard error; a log without the asked column is named with what it has."""
+    import pandas as pd
+
+    bench = _bench("paired_losses")
+    ref = pd.DataFrame({"step": [25, 50, 75, 100], "dice": [0.5, 0.4, 0.3, 0.2]})
+    cand = pd.DataFrame({"step": [25, 50, 75, 100, 125], "dice": [0.6, 0.4, 0.4, 0.3, 0.1]})
+    pairs = bench.paired_steps(ref, cand, "dice", 25, 100)
+    assert [p[0] for p in pairs] == [50, 75, 100]
+    s = bench.summary(pairs, "dice")
+    assert s["n"] == 3 and s["rose"] == 2 and s["mean"] == pytest.approx(0.2 / 3)
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    ref.to_csv(a, index=False)
+    cand.to_csv(b, index=False)
+    assert bench.main([str(a), str(b), "--column", "dice", "--windows", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "logged up to 100" in out and "steps     1-50" in out and "rose on 1 of 2" in out
+    with pytest.raises(SystemExit, match=r"lacks the columns \['bce'\]; it has \['dice', 'step'\]"):
+        bench.main([str(a), str(b), "--column", "bce"])
