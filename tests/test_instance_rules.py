@@ -181,3 +181,26 @@ def test_paired_losses_pair_the_logged_steps_and_name_a_bad_log(tmp_path, capsys
     assert "logged up to 100" in out and "steps     1-50" in out and "rose on 1 of 2" in out
     with pytest.raises(SystemExit, match=r"lacks the columns \['bce'\]; it has \['dice', 'step'\]"):
         bench.main([str(a), str(b), "--column", "bce"])
+
+
+def test_nuclei_diagnostics_grow_without_merging_and_scale_only_haematoxylin():
+    """bench/nuclei_diagnostics.py: instances grown by r px keep their own labels where two touch and stop r px
+    out; shrunk by r px they part where they touched; a haematoxylin gain of 1 returns the tile, a gain of 2 darkens
+    a purple (haematoxylin) pixel and leaves a white one white."""
+    bench = _bench("nuclei_diagnostics")
+    lab = np.zeros((20, 30), np.int32)
+    lab[5:15, 5:15], lab[5:15, 15:25] = 1, 2  # two squares touching along x = 15
+    grown = bench.grow_labels(lab, 2)
+    assert set(np.unique(grown)) == {0, 1, 2}
+    assert (grown[5:15, 3:15] == 1).all() and (grown[5:15, 15:27] == 2).all()  # the touching edge never moves
+    assert grown[5:15, 2].sum() == 0 and (grown[3, 6:14] == 1).all() and grown[2].sum() == 0
+    shrunk = bench.grow_labels(lab, -1)
+    assert (shrunk[:, 14] == 0).all() and (shrunk[:, 15] == 0).all()  # parted where they touched
+    assert shrunk[5].sum() == 0 and (shrunk[6:14, 6:14] == 1).all() and (shrunk[6:14, 16:24] == 2).all()
+    assert bench.grow_labels(lab, 0) is lab
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    rgb[0, 0], rgb[0, 1], rgb[1] = (150, 110, 170), (255, 255, 255), (200, 120, 180)
+    assert np.abs(bench.scale_haematoxylin(rgb, 1.0).astype(int) - rgb).max() <= 1
+    dark = bench.scale_haematoxylin(rgb, 2.0)
+    assert (dark[0, 0].astype(int) < rgb[0, 0]).any() and (dark[0, 1] >= 254).all()
+    assert bench.haematoxylin(dark)[0, 0] > bench.haematoxylin(rgb)[0, 0]
