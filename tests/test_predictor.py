@@ -45,6 +45,10 @@ def test_one_encoding_serves_later_calls_on_the_same_pixels_until_the_weights_ch
         next(model.image_encoder.parameters()).mul_(1.5)
     after = model.segment(img, ["nuclei"], vocabulary="open")
     assert pred.encoded == 3 and not np.array_equal(after.probs[0], first.probs[0])
+    bn = next(m for m in model.image_encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+    bn.running_mean.add_(1.0)  # only a buffer changes (statistics re-estimated in place): stale as well
+    model.segment(img, ["nuclei"], vocabulary="open")
+    assert pred.encoded == 4
 
 
 def test_settings_given_to_a_predictor_change_its_answers_only(test_model):

@@ -121,11 +121,12 @@ class Predictor:
 
     # ------------------------------------------------------------------ windows
     def _encoding_state(self) -> tuple:
-        """What an image encoding depends on besides the pixels: the weights (their identities and a sum of their
-        in-place version counters, which changes with every optimiser step or ``load_state_dict``), the device,
-        train/eval mode, and an encoder mode (CellSAM's teacher / student / fused)."""
+        """What an image encoding depends on besides the pixels: the weights and buffers (their identities and a sum
+        of their in-place version counters, which changes with every optimiser step, ``load_state_dict`` or BatchNorm
+        statistics re-estimated in place), the device, train/eval mode, and an encoder mode (CellSAM's teacher /
+        student / fused)."""
         net = self.network
-        params = list(net.parameters()) if callable(getattr(net, "parameters", None)) else []
+        params = [*net.parameters(), *net.buffers()] if callable(getattr(net, "parameters", None)) else []
         return (sum(p._version for p in params), sum(id(p) for p in params), str(self.device),
                 bool(getattr(net, "training", False)), str(getattr(getattr(net, "image_encoder", None), "mode", "")))
 
