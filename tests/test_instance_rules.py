@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from shapes import XX, YY, discs as _discs
 
@@ -204,3 +205,44 @@ def test_nuclei_diagnostics_grow_without_merging_and_scale_only_haematoxylin():
     dark = bench.scale_haematoxylin(rgb, 2.0)
     assert (dark[0, 0].astype(int) < rgb[0, 0]).any() and (dark[0, 1] >= 254).all()
     assert bench.haematoxylin(dark)[0, 0] > bench.haematoxylin(rgb)[0, 0]
+
+
+def test_shipping_rule_judges_paired_lines_and_refuses_a_malformed_rule(tmp_path, capsys):
+    """bench/shipping_rule.py: a gain line needs the mean change above min_t standard errors, a non-inferiority line
+    a loss within its floor, a presence line the candidate's MCC; a rule line it cannot read is named (status 2)."""
+    import json
+
+    import pandas as pd
+
+    bench = _bench("shipping_rule")
+
+    def rows(ajis, tps):
+        return pd.DataFrame([{"image_id": f"m/{k}", "source": "monuseg", "kind": "positive", "prompt": "nuclei",
+                              "tp": tp, "fp": 10, "fn": 10, "aji": a} for k, (a, tp) in enumerate(zip(ajis, tps))])
+
+    ref, cand = rows([0.5, 0.5, 0.5], [90, 90, 90]), rows([0.6, 0.52, 0.58], [90, 90, 60])
+    gain = {"source": "monuseg", "prompt": "nuclei", "metric": "aji", "kind": "gain"}
+    assert bench.judge(gain, ref, cand)[0]  # +0.067, t ~2.7
+    assert not bench.judge({**gain, "min_t": 3}, ref, cand)[0]
+    loss = {"source": "monuseg", "prompt": "nuclei", "metric": "dice", "kind": "non_inferior", "max_loss_se": 2}
+    held, text = bench.judge(loss, ref, cand)
+    assert held and "needs >=" in text  # Dice 0.9 -> 0.857 on one image: within 2 SE
+    assert not bench.judge({**loss, "max_loss": 0.01}, ref, cand)[0]  # but not within 0.01
+    assert bench.judge({"metric": "presence_mcc", "kind": "at_least", "value": 0.88}, ref, cand, {"mcc": 0.9})[0]
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "cand").mkdir()
+    ref.to_csv(tmp_path / "ref" / "rows.csv", index=False)
+    cand.to_csv(tmp_path / "cand" / "rows.csv", index=False)
+    (tmp_path / "cand" / "prompt_targets.json").write_text(json.dumps({"presence": {"mcc": 0.85}}))
+    rule = tmp_path / "rule.yaml"
+    rule.write_text(yaml.safe_dump({"lines": [gain, {"metric": "presence_mcc", "kind": "at_least", "value": 0.88}]}))
+    folders = ["--reference", str(tmp_path / "ref"), "--candidate", str(tmp_path / "cand")]
+    assert bench.main([str(rule), *folders]) == 0
+    out = capsys.readouterr().out
+    assert "holds: monuseg 'nuclei' aji" in out and "FAILS: presence MCC 0.8500" in out and "RULE FAILS on 1 of 2" in out
+    rule.write_text(yaml.safe_dump({"lines": [{"metric": "aji", "kind": "at_least", "value": 1}]}))
+    assert bench.main([str(rule), *folders]) == 2
+    assert "'at_least' goes with metric 'presence_mcc'" in capsys.readouterr().err
+    repo_rule = Path(__file__).resolve().parents[1] / "configs" / "rules" / "paired-v10.yaml"
+    for k, line in enumerate(yaml.safe_load(repo_rule.read_text())["lines"]):  # the committed rule is readable
+        bench.check_line(line, k)
