@@ -147,9 +147,10 @@ def main(argv=None) -> int:
     from pathsegmentor import PathSegmentor
 
     torch.set_num_threads(2)
-    model = PathSegmentor.from_pretrained(args.model).eval()
+    # the tiles' stain alone needs no model
+    model = PathSegmentor.from_pretrained(args.model).eval() if args.what == "boundary" or args.normalise else None
     samples = _samples(load_pathseg(args.data), args.split, args.source)
-    print(f"{args.model}, {args.source} {args.split}, {args.what}")
+    print(f"{args.model if model is not None else 'no model'}, {args.source} {args.split}, {args.what}")
     if args.what == "boundary":
         boundary(model, samples, args.grow)
     else:
