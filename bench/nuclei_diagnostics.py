@@ -64,6 +64,7 @@ def scale_haematoxylin(rgb: np.ndarray, gain: float) -> np.ndarray:
 
 
 def _samples(corpus, split: str, source: str):
+    """The corpus samples of ``source`` in ``split`` that carry a "nuclei" target."""
     table = corpus.images[split]
     for i in range(len(table)):
         if table["source"][i] == source:
@@ -73,6 +74,8 @@ def _samples(corpus, split: str, source: str):
 
 
 def boundary(model, samples, grows: list[int]) -> None:
+    """Prints, per growth in ``grows`` (px), the pooled pixel precision / recall / Dice of the model's "nuclei"
+    instances grown by it over ``samples``, and their mean AJI where the samples have instances."""
     from pathsegmentor.evaluation.metrics import Counts, aggregated_jaccard_index, confusion, scores
 
     acc = {g: Counts() for g in grows}
@@ -97,6 +100,8 @@ def boundary(model, samples, grows: list[int]) -> None:
 
 
 def stain(model, samples, normalise: bool, up_only: bool) -> None:
+    """Prints each sample's haematoxylin density in its nuclei and its tile's 99th percentile; with ``normalise``
+    the model's Dice and AJI on the raw and the H-normalised tile (``model`` may be None without ``normalise``)."""
     from pathsegmentor.evaluation.metrics import aggregated_jaccard_index, dice
 
     samples = list(samples)
