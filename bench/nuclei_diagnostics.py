@@ -48,19 +48,20 @@ def grow_labels(labels: np.ndarray, r: int) -> np.ndarray:
 
 
 def haematoxylin(rgb: np.ndarray) -> np.ndarray:
-    """``float [h, w]`` haematoxylin optical density of ``uint8 [h, w, 3]`` RGB (Ruifrok-Johnston, ``rgb2hed``)."""
-    from skimage.color import rgb2hed
+    """``float [h, w]`` haematoxylin optical density of ``uint8 [h, w, 3]`` RGB (the colour deconvolution the
+    training augmentation uses, :func:`pathsegmentor.training.augment.stain_concentrations`)."""
+    from pathsegmentor.training.augment import stain_concentrations
 
-    return rgb2hed(rgb)[..., 0]
+    return stain_concentrations(rgb)[..., 0]
 
 
 def scale_haematoxylin(rgb: np.ndarray, gain: float) -> np.ndarray:
     """``uint8 [h, w, 3]``: ``rgb`` with its haematoxylin density multiplied by ``gain`` (eosin and DAB unchanged)."""
-    from skimage.color import hed2rgb, rgb2hed
+    from pathsegmentor.training.augment import stain_concentrations, stain_image
 
-    hed = rgb2hed(rgb)
+    hed = stain_concentrations(rgb)
     hed[..., 0] *= gain
-    return (np.clip(hed2rgb(hed), 0, 1) * 255).round().astype(np.uint8)
+    return stain_image(hed)
 
 
 def _samples(corpus, split: str, source: str):
@@ -105,25 +106,29 @@ def stain(model, samples, normalise: bool, up_only: bool) -> None:
     from pathsegmentor.evaluation.metrics import aggregated_jaccard_index, dice
 
     samples = list(samples)
-    p99 = {s["image_id"]: float(np.percentile(haematoxylin(s["image"]), 99)) for s in samples}
-    ref = float(np.median(list(p99.values())))
-    print(f"reference: the median of the tiles' 99th-percentile haematoxylin density, {ref:.4f}")
-    change = []
+    stats = {}  # one deconvolution per tile: its nuclei's median and 10th percentile, the tile's 99th percentile
     for s in samples:
         h = haematoxylin(s["image"])
         nuc = np.asarray(s["targets"]["nuclei"]) > 0
-        line = (f"{s['image_id']}: nucleus H median {np.median(h[nuc]):.3f}, p10 {np.percentile(h[nuc], 10):.3f}; "
-                f"tile p99 {p99[s['image_id']]:.3f}")
+        stats[s["image_id"]] = (float(np.median(h[nuc])), float(np.percentile(h[nuc], 10)), float(np.percentile(h, 99)))
+    ref = float(np.median([v[2] for v in stats.values()]))
+    print(f"reference: the median of the tiles' 99th-percentile haematoxylin density, {ref:.4f}")
+    change = []
+    for s in samples:
+        med, p10, p99 = stats[s["image_id"]]
+        nuc = np.asarray(s["targets"]["nuclei"]) > 0
+        line = f"{s['image_id']}: nucleus H median {med:.3f}, p10 {p10:.3f}; tile p99 {p99:.3f}"
         if normalise:
             inst = (s.get("instances") or {}).get("nuclei")
-            gain = ref / p99[s["image_id"]] if p99[s["image_id"]] > 0 else 1.0
+            gain = ref / p99 if p99 > 0 else 1.0
             gain = max(gain, 1.0) if up_only else gain
             figs = []
-            for rgb in (s["image"], scale_haematoxylin(s["image"], gain) if gain != 1.0 else s["image"]):
+            for rgb in (s["image"], scale_haematoxylin(s["image"], gain)) if gain != 1.0 else (s["image"],):
                 r = model.segment(rgb, ["nuclei"], mpp=s.get("mpp"))
                 d = dice(r.masks[0], nuc)
                 a = aggregated_jaccard_index(np.asarray(inst), r.instances[0]) if inst is not None else float("nan")
                 figs.append((d, a))
+            figs *= 3 - len(figs)  # a tile left as it is is segmented once
             change.append((figs[1][0] - figs[0][0], figs[1][1] - figs[0][1]))
             line += (f"; gain {gain:.2f}: Dice {figs[0][0]:.3f} -> {figs[1][0]:.3f}, "
                      f"AJI {figs[0][1]:.3f} -> {figs[1][1]:.3f}")

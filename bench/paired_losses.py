@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paired_rows import summary  # noqa: E402
+from paired_rows import describe, summary  # noqa: E402
 
 
 def paired_steps(reference, candidate, column: str, lo: int = 0, hi: int | None = None):
@@ -58,8 +58,7 @@ def main(argv=None) -> int:
         for lo, hi in zip(edges[:-1], edges[1:]):
             s = summary(paired_steps(*logs, column, lo, hi), column)
             if s:
-                print(f"  {column:<11} steps {lo + 1:>5}-{hi:<5}: mean change {s['mean']:+.4f} ± {s['se']:.4f} (SE), "
-                      f"t {s['t']:+.2f}, rose on {s['rose']} of {s['n']}")
+                print(f"  {column:<11} steps {lo + 1:>5}-{hi:<5}: {describe(s)}")
     return 0
 
 

@@ -55,6 +55,11 @@ def summary(pairs, key: str) -> dict[str, float] | None:
             "rose": sum(x > 0 for x in d)}
 
 
+def describe(s: dict[str, float]) -> str:
+    """One :func:`summary` in words: ``mean change +0.0123 ± 0.0045 (SE), t +2.73, rose on 5 of 6``."""
+    return f"mean change {s['mean']:+.4f} ± {s['se']:.4f} (SE), t {s['t']:+.2f}, rose on {s['rose']} of {s['n']}"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("reference")
@@ -88,8 +93,7 @@ def main(argv=None) -> int:
             for key in ("dice", "aji"):
                 s = summary(pairs, key)
                 if s:
-                    print(f"  {key}: mean change {s['mean']:+.4f} ± {s['se']:.4f} (SE), t {s['t']:+.2f}, "
-                          f"rose on {s['rose']} of {s['n']}")
+                    print(f"  {key}: {describe(s)}")
     return 0
 
 

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paired_rows import paired, summary  # noqa: E402
+from paired_rows import describe, paired, summary  # noqa: E402
 
 KINDS = ("gain", "non_inferior", "at_least")
 METRICS = ("dice", "aji", "presence_mcc")
@@ -57,7 +57,7 @@ def judge(line: dict, reference, candidate, presence: dict | None = None) -> tup
     where = f"{line['source']} {line['prompt']!r} {metric}"
     if s is None:
         return False, f"{where}: no image both evaluations answered"
-    figure = f"{where}: mean change {s['mean']:+.4f} ± {s['se']:.4f} (SE) over {s['n']} images, t {s['t']:+.2f}"
+    figure = f"{where}: {describe(s)} images"
     if kind == "gain":
         min_t = float(line.get("min_t", 0.0))
         return s["mean"] > 0 and s["t"] >= min_t, f"{figure} (needs > 0 and t >= {min_t:g})"
