@@ -1,7 +1,7 @@
 """Where a model's "nuclei" masks lose: their boundary, and the stain of the tiles (diagnostics, nothing is chosen here).
 
     python bench/nuclei_diagnostics.py boundary [--model M] [--split train] [--source monuseg] [--grow -1 0 1 2]
-    python bench/nuclei_diagnostics.py stain [--model M] [--split train] [--source monuseg] [--normalise]
+    python bench/nuclei_diagnostics.py stain [--model M] [--split train] [--source monuseg] [--normalise | --gain G]
 
 * ``boundary``: each image's "nuclei" instances (the model's shipped decoder) grown or shrunk by ``--grow`` px
   (grown: every background pixel within r px takes its nearest instance, so touching instances never merge; shrunk:
@@ -11,7 +11,9 @@
 * ``stain``: per image the haematoxylin optical density (``skimage.color.rgb2hed``) of the annotated nucleus pixels
   (median and 10th percentile) and the tile's 99th percentile. With ``--normalise`` also the model's Dice and AJI
   with each tile's haematoxylin scaled so its 99th percentile meets the median of the images read (``--up-only``: pale
-  tiles darkened, dark ones left), paired against the raw tile: does a pale tile lose because it is pale?
+  tiles darkened, dark ones left), paired against the raw tile: does a pale tile lose because it is pale? With
+  ``--gain G`` every tile's haematoxylin is multiplied by ``G`` instead (``0.5``: training tiles made as pale as pale
+  validation ones): does the model lose its nuclei when they pale?
 """
 from __future__ import annotations
 
@@ -100,9 +102,10 @@ def boundary(model, samples, grows: list[int]) -> None:
         print(f"grow {g:+d} px: precision {f['precision']:.3f}, recall {f['recall']:.3f}, Dice {f['dice']:.4f}{aji}")
 
 
-def stain(model, samples, normalise: bool, up_only: bool) -> None:
+def stain(model, samples, normalise: bool, up_only: bool, fixed_gain: float | None = None) -> None:
     """Prints each sample's haematoxylin density in its nuclei and its tile's 99th percentile; with ``normalise``
-    the model's Dice and AJI on the raw and the H-normalised tile (``model`` may be None without ``normalise``)."""
+    the model's Dice and AJI on the raw and the H-normalised tile, or with ``fixed_gain`` on the tile with its
+    haematoxylin multiplied by that gain (``model`` may be None without either)."""
     from pathsegmentor.evaluation.metrics import aggregated_jaccard_index, dice
 
     samples = list(samples)
@@ -118,10 +121,11 @@ def stain(model, samples, normalise: bool, up_only: bool) -> None:
         med, p10, p99 = stats[s["image_id"]]
         nuc = np.asarray(s["targets"]["nuclei"]) > 0
         line = f"{s['image_id']}: nucleus H median {med:.3f}, p10 {p10:.3f}; tile p99 {p99:.3f}"
-        if normalise:
+        if normalise or fixed_gain is not None:
             inst = (s.get("instances") or {}).get("nuclei")
             gain = ref / p99 if p99 > 0 else 1.0
             gain = max(gain, 1.0) if up_only else gain
+            gain = gain if fixed_gain is None else fixed_gain
             figs = []
             for rgb in (s["image"], scale_haematoxylin(s["image"], gain)) if gain != 1.0 else (s["image"],):
                 r = model.segment(rgb, ["nuclei"], mpp=s.get("mpp"))
@@ -136,7 +140,8 @@ def stain(model, samples, normalise: bool, up_only: bool) -> None:
     if change:
         c = np.array(change)
         se = c.std(0, ddof=1) / np.sqrt(len(c)) if len(c) > 1 else np.full(2, np.nan)
-        print(f"normalised minus raw over {len(c)} images: Dice {c[:, 0].mean():+.4f} ± {se[0]:.4f}, "
+        what = "scaled" if fixed_gain is not None else "normalised"
+        print(f"{what} minus raw over {len(c)} images: Dice {c[:, 0].mean():+.4f} ± {se[0]:.4f}, "
               f"AJI {np.nanmean(c[:, 1]):+.4f} ± {se[1]:.4f} (SE)")
 
 
@@ -150,6 +155,7 @@ def main(argv=None) -> int:
     ap.add_argument("--grow", type=int, nargs="+", default=[-1, 0, 1, 2])
     ap.add_argument("--normalise", action="store_true")
     ap.add_argument("--up-only", action="store_true")
+    ap.add_argument("--gain", type=float, default=None, help="multiply every tile's haematoxylin by this instead")
     args = ap.parse_args(argv)
     import torch
 
@@ -158,13 +164,14 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(2)
     # the tiles' stain alone needs no model
-    model = PathSegmentor.from_pretrained(args.model).eval() if args.what == "boundary" or args.normalise else None
+    needs_model = args.what == "boundary" or args.normalise or args.gain is not None
+    model = PathSegmentor.from_pretrained(args.model).eval() if needs_model else None
     samples = _samples(load_pathseg(args.data), args.split, args.source)
     print(f"{args.model if model is not None else 'no model'}, {args.source} {args.split}, {args.what}")
     if args.what == "boundary":
         boundary(model, samples, args.grow)
     else:
-        stain(model, samples, args.normalise, args.up_only)
+        stain(model, samples, args.normalise, args.up_only, args.gain)
     return 0
 
 

@@ -46,6 +46,36 @@ def stain_image(hed: np.ndarray) -> np.ndarray:
     return np.clip(rgb, 0, 255).round().astype(np.uint8)
 
 
+def check_haematoxylin_gain(prob: float, gain) -> tuple[float, float]:
+    """Validate a recipe's ``data.h_gain_prob`` (chance per crop, [0, 1]) and ``data.h_gain`` (``[low, high]``, the
+    range of the haematoxylin gain, 0 < low <= high); returns the gain range."""
+    try:
+        lo, hi = (float(v) for v in gain)
+    except (TypeError, ValueError):
+        raise ValueError(f"data.h_gain={gain!r}: give two numbers [low, high], e.g. [0.4, 1.6]") from None
+    if not 0.0 <= float(prob) <= 1.0:
+        raise ValueError(f"data.h_gain_prob={prob}: a chance per crop must lie in [0, 1] (e.g. 0.5; 0 turns the "
+                         "augmentation off)")
+    if not 0.0 < lo <= hi:
+        raise ValueError(f"data.h_gain={[lo, hi]}: the haematoxylin gain must be a range 0 < low <= high "
+                         "(e.g. [0.4, 1.6]; [1, 1] leaves the stain as it is)")
+    return lo, hi
+
+
+def haematoxylin_gain(image: np.ndarray, rng: np.random.Generator, prob: float,
+                      gain: tuple[float, float]) -> np.ndarray:
+    """With chance ``prob``, the haematoxylin density of ``uint8 [H, W, 3]`` multiplied by one gain drawn
+    log-uniformly from ``gain`` (eosin and DAB unchanged): nuclei paler or darker than the training tiles show, a
+    wider haematoxylin range than :func:`hed_jitter`'s (Tellez et al. 2019: stain augmentation as the lever across
+    centres). Returns ``uint8 [H, W, 3]``; the image itself when nothing is drawn."""
+    if prob <= 0 or rng.random() >= prob:
+        return image
+    g = math.exp(rng.uniform(math.log(gain[0]), math.log(gain[1])))
+    hed = stain_concentrations(image)
+    hed[..., 0] *= np.float32(g)
+    return stain_image(hed)
+
+
 def brightness_contrast(image: np.ndarray, rng: np.random.Generator, amount: float = 0.1) -> np.ndarray:
     if amount <= 0:
         return image

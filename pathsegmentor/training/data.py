@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .augment import brightness_contrast, flip_rotate, hed_jitter, log_uniform_jitter, random_scaled_crop
+from .augment import (brightness_contrast, check_haematoxylin_gain, flip_rotate, haematoxylin_gain, hed_jitter,
+                      log_uniform_jitter, random_scaled_crop)
 from .pigment import check_pigment, paste_pigment
 from .vesicular import check_vesicular, vesicular_crop
 from .prompt_rows import PromptRows, choose_text_labels
@@ -30,7 +31,7 @@ class DataConfig:
 
     ``balance``: ``"source"`` (every source drawn equally often), ``"category"`` (images weighted by
     the rarity of their categories), or ``"none"`` (uniform over images); ``source_weights`` then multiplies a
-    source's share (``{monuseg: 2}``: drawn twice as often; sources not named keep 1).
+    source's share (``{monuseg: 2}``: twice as often; others keep 1).
     ``negatives_per_image``: prompts for categories the source annotates exhaustively but that are
     absent from the crop (target empty, presence 0). Categories a source does not annotate
     exhaustively are never used as negatives (the corpus' ``negative_labels`` already excludes them).
@@ -47,7 +48,8 @@ class DataConfig:
     ``pigment_coverage``, every target cleared under it (:mod:`.pigment`); 0 (default) draws nothing.
     ``vesicular_prob``: chance that a crop's nuclei are made vesicular (chromatin cleared from the centre, the rim
     kept, labels unchanged; :mod:`.vesicular`), each with chance ``vesicular_fraction``, keeping a share of their
-    central haematoxylin drawn from ``vesicular_centre``; 0 (default) draws nothing.
+    central haematoxylin drawn from ``vesicular_centre``; 0 (default) draws nothing. ``h_gain_prob``: chance
+    of a log-uniform haematoxylin gain from ``h_gain`` (:func:`.augment.haematoxylin_gain`).
     """
 
     corpus: str = ""
@@ -71,7 +73,7 @@ class DataConfig:
     geometric_kinds: list[str] = field(default_factory=lambda: list(GEOMETRIC_KINDS))
     separation: bool = False
     num_workers: int = 0
-    cache_decoded: bool = True  # keep decoded corpus samples in memory (small corpora; saves PNG decoding)
+    cache_decoded: bool = True  # decoded samples kept in memory
     native_prob: float = 0.0
     native_sources: list[str] = field(default_factory=list)
     pigment_prob: float = 0.0
@@ -79,6 +81,8 @@ class DataConfig:
     vesicular_prob: float = 0.0
     vesicular_fraction: float = 0.5
     vesicular_centre: tuple[float, float] = (0.2, 0.6)
+    h_gain_prob: float = 0.0
+    h_gain: tuple[float, float] = (0.4, 1.6)
 
 
 def load_synonyms(corpus_dir: str | Path) -> dict[str, list[str]]:
@@ -131,6 +135,7 @@ class PromptedCrops(Dataset):
             raise ValueError(f"data.geometric_kinds has unknown kind(s) {unknown}. Available: {list(GEOMETRIC_KINDS)}")
         self._pigment_coverage = check_pigment(cfg.pigment_prob, cfg.pigment_coverage)
         self._vesicular_centre = check_vesicular(cfg.vesicular_prob, cfg.vesicular_fraction, cfg.vesicular_centre)
+        self._h_gain = check_haematoxylin_gain(cfg.h_gain_prob, cfg.h_gain)
         self._decoded: dict[int, dict[str, Any]] = {}
 
     def _sample(self, index: int) -> dict[str, Any]:
@@ -190,6 +195,8 @@ class PromptedCrops(Dataset):
         if self.cfg.vesicular_prob > 0:
             img = vesicular_crop(img, instances, self.ontology, np.random.default_rng([self.seed, int(position), 6]),
                                  self.cfg.vesicular_prob, self.cfg.vesicular_fraction, self._vesicular_centre)
+        img = haematoxylin_gain(img, np.random.default_rng([self.seed, int(position), 7]), self.cfg.h_gain_prob,
+                                self._h_gain)
         img = hed_jitter(img, rng, self.cfg.hed_sigma, self.cfg.hed_bias)
         img = brightness_contrast(img, rng, self.cfg.brightness_contrast)
         if self.cfg.blank_prob > 0 and \
