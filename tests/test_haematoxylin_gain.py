@@ -70,3 +70,21 @@ def test_the_v20_recipe_turns_it_on_and_v18_does_not():
     assert v18.h_gain_prob == 0.0
     for key in ("vesicular_prob", "pigment_prob", "hed_sigma", "crop", "source_weights"):
         assert getattr(data, key) == getattr(v18, key)  # v18 plus one change
+
+
+def test_the_stain_bench_draws_a_row_per_jitter_and_gain(tmp_path):
+    import importlib.util
+
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("stain_augment", TEST_RECIPE.parents[2] / "bench" / "stain_augment.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    tile = np.tile(_tile(), (3, 3, 1))  # 72 x 72
+    out = tmp_path / "draws.png"
+    bench.picture(tile, [(0.05, 0.02)], [(0.4, 1.6)], 2, out, crop=64)
+    picture = np.asarray(Image.open(out))
+    assert picture.shape == ((64 + 4 + 18) * 2 + 4, (64 + 4) * 3 + 4, 3)
+    gain_row = picture[(64 + 4 + 18) + 4 + 18:, :]  # the second row: original, then two gain draws
+    originals = [gain_row[:64, 4 + c * 68: 4 + c * 68 + 64] for c in range(3)]
+    assert not np.array_equal(originals[0], originals[1])  # a draw changes the crop
