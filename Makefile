@@ -28,7 +28,7 @@ V10 ?= runs/tiny-v10-weights
 V10_COMMIT ?= bd50769
 WEIGHTS = pathsegmentor/weights/pathsegmentor-tiny
 
-.PHONY: train-tiny-v20 train-tiny-v19 train-tiny-v18 train-tiny-v17 train-tiny-v16 train-tiny-v15 train-tiny-v14 train-tiny-v13 v10-weights soup-tiny-v12 train-tiny-v11 refit-presence-tiny v6-weights train-tiny-v7 train-tiny-v8 refit-presence-v9 train-tiny-v10 v5-weights train-tiny-v5 ablate-tiny retrain-tiny corpus v1-weights v2-weights v3-weights v4-weights train-tiny train-tiny-v4 train-tiny-v3 train-tiny-v2 \
+.PHONY: train-tiny-v21 train-tiny-v20 train-tiny-v19 train-tiny-v18 train-tiny-v17 train-tiny-v16 train-tiny-v15 train-tiny-v14 train-tiny-v13 v10-weights soup-tiny-v12 train-tiny-v11 refit-presence-tiny v6-weights train-tiny-v7 train-tiny-v8 refit-presence-v9 train-tiny-v10 v5-weights train-tiny-v5 ablate-tiny retrain-tiny corpus v1-weights v2-weights v3-weights v4-weights train-tiny train-tiny-v4 train-tiny-v3 train-tiny-v2 \
   settings-tiny refit-presence calibrate-tiny eval-tiny bench-tiny baseline-unet train-tiny-v1 test
 
 # each leg's presence head refit (and its threshold calibrated on train) before the next leg starts from it
@@ -90,7 +90,9 @@ train-tiny-v11:
 # v18 (configs/train/tiny-v18-cpu.yaml): v16's recipe with the encoder's stem and first stage trained too
 # v19 (configs/train/tiny-v19-cpu.yaml): v10's pixel decoder and mask hypernetwork, the separation loss weighted 3x
 # v20 (configs/train/tiny-v20-cpu.yaml): v18's recipe with the haematoxylin gained 0.4-1.6x in half the crops
-train-tiny-v14 train-tiny-v15 train-tiny-v16 train-tiny-v17 train-tiny-v18 train-tiny-v19 train-tiny-v20: train-tiny-v%: v10-weights
+# v21 (configs/train/tiny-v21-cpu.yaml): v10's recipe with v20's haematoxylin gain; then `make refit-presence-tiny
+#   calibrate-tiny RUN=runs/tiny-v21`
+train-tiny-v14 train-tiny-v15 train-tiny-v16 train-tiny-v17 train-tiny-v18 train-tiny-v19 train-tiny-v20 train-tiny-v21: train-tiny-v%: v10-weights
 	OMP_NUM_THREADS=2 pathsegmentor train --config configs/train/tiny-v$*-cpu.yaml output_dir=runs/tiny-v$* \
 	  data.corpus=$(abspath $(CORPUS)) model.init_from=$(abspath $(V10))
 

@@ -88,3 +88,12 @@ def test_the_stain_bench_draws_a_row_per_jitter_and_gain(tmp_path):
     gain_row = picture[(64 + 4 + 18) + 4 + 18:, :]  # the second row: original, then two gain draws
     originals = [gain_row[:64, 4 + c * 68: 4 + c * 68 + 64] for c in range(3)]
     assert not np.array_equal(originals[0], originals[1])  # a draw changes the crop
+
+
+def test_the_v21_recipe_is_v10s_with_the_gain():
+    v21 = load_train_config(TEST_RECIPE.parent / "tiny-v21-cpu.yaml", [])
+    v10 = load_train_config(TEST_RECIPE.parent / "tiny-v10-cpu.yaml", [])
+    assert v21.data.h_gain_prob == 0.5 and list(v21.data.h_gain) == [0.4, 1.6] and v10.data.h_gain_prob == 0.0
+    for key in ("vesicular_prob", "pigment_prob", "hed_sigma", "crop", "source_weights", "prompts_per_image"):
+        assert getattr(v21.data, key) == getattr(v10.data, key)
+    assert v21.freeze == v10.freeze and v21.loss == v10.loss and v21.optim == v10.optim
