@@ -8,7 +8,7 @@
   pixels within r px of the background dropped). Prints pooled pixel precision, recall and Dice, and the mean AJI
   where the source has instances. A model whose masks sit on the annotated boundary loses Dice and AJI either way;
   one whose recall trails its precision with Dice rising at +1 px draws its nuclei too small.
-* ``stain``: per image the haematoxylin optical density (``skimage.color.rgb2hed``) of the annotated nucleus pixels
+* ``stain``: per image the haematoxylin optical density (``training.augment.stain_concentrations``) of the nucleus pixels
   (median and 10th percentile) and the tile's 99th percentile. With ``--normalise`` also the model's Dice and AJI
   with each tile's haematoxylin scaled so its 99th percentile meets the median of the images read (``--up-only``: pale
   tiles darkened, dark ones left), paired against the raw tile: does a pale tile lose because it is pale? With
@@ -57,15 +57,6 @@ def haematoxylin(rgb: np.ndarray) -> np.ndarray:
     return stain_concentrations(rgb)[..., 0]
 
 
-def scale_haematoxylin(rgb: np.ndarray, gain: float) -> np.ndarray:
-    """``uint8 [h, w, 3]``: ``rgb`` with its haematoxylin density multiplied by ``gain`` (eosin and DAB unchanged)."""
-    from pathsegmentor.training.augment import stain_concentrations, stain_image
-
-    hed = stain_concentrations(rgb)
-    hed[..., 0] *= gain
-    return stain_image(hed)
-
-
 def _samples(corpus, split: str, source: str):
     """The corpus samples of ``source`` in ``split`` that carry a "nuclei" target."""
     table = corpus.images[split]
@@ -107,6 +98,7 @@ def stain(model, samples, normalise: bool, up_only: bool, fixed_gain: float | No
     the model's Dice and AJI on the raw and the H-normalised tile, or with ``fixed_gain`` on the tile with its
     haematoxylin multiplied by that gain (``model`` may be None without either)."""
     from pathsegmentor.evaluation.metrics import aggregated_jaccard_index, dice
+    from pathsegmentor.training.augment import scale_haematoxylin
 
     samples = list(samples)
     stats = {}  # one deconvolution per tile: its nuclei's median and 10th percentile, the tile's 99th percentile
@@ -123,9 +115,11 @@ def stain(model, samples, normalise: bool, up_only: bool, fixed_gain: float | No
         line = f"{s['image_id']}: nucleus H median {med:.3f}, p10 {p10:.3f}; tile p99 {p99:.3f}"
         if normalise or fixed_gain is not None:
             inst = (s.get("instances") or {}).get("nuclei")
-            gain = ref / p99 if p99 > 0 else 1.0
-            gain = max(gain, 1.0) if up_only else gain
-            gain = gain if fixed_gain is None else fixed_gain
+            if fixed_gain is not None:
+                gain = fixed_gain
+            else:
+                gain = ref / p99 if p99 > 0 else 1.0
+                gain = max(gain, 1.0) if up_only else gain
             figs = []
             for rgb in (s["image"], scale_haematoxylin(s["image"], gain)) if gain != 1.0 else (s["image"],):
                 r = model.segment(rgb, ["nuclei"], mpp=s.get("mpp"))

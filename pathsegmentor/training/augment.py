@@ -46,16 +46,35 @@ def stain_image(hed: np.ndarray) -> np.ndarray:
     return np.clip(rgb, 0, 255).round().astype(np.uint8)
 
 
+def scale_haematoxylin(image: np.ndarray, gain: float) -> np.ndarray:
+    """``uint8 [H, W, 3]``: ``image`` with its haematoxylin density multiplied by ``gain`` (eosin and DAB unchanged)."""
+    hed = stain_concentrations(image)
+    hed[..., 0] *= np.float32(gain)
+    return stain_image(hed)
+
+
+def range_pair(key: str, value, example: str) -> tuple[float, float]:
+    """A recipe's ``data.<key>`` read as ``(low, high)``; ``ValueError`` naming it and ``example`` if it is not two
+    numbers (the order of the two is the caller's to check)."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"data.{key}={value!r}: give two numbers [low, high], e.g. {example}") from None
+    return lo, hi
+
+
+def check_chance(key: str, prob: float, example: str) -> None:
+    """``ValueError`` naming a recipe's ``data.<key>`` unless it is a chance per crop in [0, 1]."""
+    if not 0.0 <= float(prob) <= 1.0:
+        raise ValueError(f"data.{key}={prob}: a chance per crop must lie in [0, 1] (e.g. {example}; 0 turns the "
+                         "augmentation off)")
+
+
 def check_haematoxylin_gain(prob: float, gain) -> tuple[float, float]:
     """Validate a recipe's ``data.h_gain_prob`` (chance per crop, [0, 1]) and ``data.h_gain`` (``[low, high]``, the
     range of the haematoxylin gain, 0 < low <= high); returns the gain range."""
-    try:
-        lo, hi = (float(v) for v in gain)
-    except (TypeError, ValueError):
-        raise ValueError(f"data.h_gain={gain!r}: give two numbers [low, high], e.g. [0.4, 1.6]") from None
-    if not 0.0 <= float(prob) <= 1.0:
-        raise ValueError(f"data.h_gain_prob={prob}: a chance per crop must lie in [0, 1] (e.g. 0.5; 0 turns the "
-                         "augmentation off)")
+    lo, hi = range_pair("h_gain", gain, "[0.4, 1.6]")
+    check_chance("h_gain_prob", prob, "0.5")
     if not 0.0 < lo <= hi:
         raise ValueError(f"data.h_gain={[lo, hi]}: the haematoxylin gain must be a range 0 < low <= high "
                          "(e.g. [0.4, 1.6]; [1, 1] leaves the stain as it is)")
@@ -70,10 +89,7 @@ def haematoxylin_gain(image: np.ndarray, rng: np.random.Generator, prob: float,
     centres). Returns ``uint8 [H, W, 3]``; the image itself when nothing is drawn."""
     if prob <= 0 or rng.random() >= prob:
         return image
-    g = math.exp(rng.uniform(math.log(gain[0]), math.log(gain[1])))
-    hed = stain_concentrations(image)
-    hed[..., 0] *= np.float32(g)
-    return stain_image(hed)
+    return scale_haematoxylin(image, math.exp(rng.uniform(math.log(gain[0]), math.log(gain[1]))))
 
 
 def brightness_contrast(image: np.ndarray, rng: np.random.Generator, amount: float = 0.1) -> np.ndarray:

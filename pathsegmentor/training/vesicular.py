@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .augment import stain_concentrations, stain_image
+from .augment import check_chance, range_pair, stain_concentrations, stain_image
 
 __all__ = ["check_vesicular", "hollow_nuclei", "vesicular_crop"]
 
@@ -25,13 +25,8 @@ def check_vesicular(prob: float, fraction: float, centre) -> tuple[float, float]
     """Validate a recipe's ``data.vesicular_prob`` (chance per crop, [0, 1]), ``data.vesicular_fraction`` (share of
     the crop's nuclei hollowed, (0, 1]) and ``data.vesicular_centre`` (``[low, high]``: the share of haematoxylin
     kept at a hollowed nucleus' centre, 0 <= low <= high <= 1); returns the centre range."""
-    try:
-        lo, hi = (float(v) for v in centre)
-    except (TypeError, ValueError):
-        raise ValueError(f"data.vesicular_centre={centre!r}: give two numbers [low, high], e.g. [0.2, 0.6]") from None
-    if not 0.0 <= float(prob) <= 1.0:
-        raise ValueError(f"data.vesicular_prob={prob}: a chance per crop must lie in [0, 1] (e.g. 0.3; 0 turns "
-                         "the augmentation off)")
+    lo, hi = range_pair("vesicular_centre", centre, "[0.2, 0.6]")
+    check_chance("vesicular_prob", prob, "0.3")
     if not 0.0 < float(fraction) <= 1.0:
         raise ValueError(f"data.vesicular_fraction={fraction}: the share of a crop's nuclei hollowed must lie in "
                          "(0, 1] (e.g. 0.5)")
