@@ -10,8 +10,8 @@
   one whose recall trails its precision with Dice rising at +1 px draws its nuclei too small.
 * ``stain``: per image the haematoxylin optical density (``training.augment.stain_concentrations``) of the
   nucleus pixels (median and 10th percentile) and the tile's 99th percentile. With ``--normalise`` also the
-  model's Dice and AJI with each tile's haematoxylin scaled so its 99th percentile meets the median of the images read (``--up-only``: pale
-  tiles darkened, dark ones left), paired against the raw tile: does a pale tile lose because it is pale? With
+  model's Dice and AJI with each tile's haematoxylin scaled so its 99th percentile meets the median of the images
+  read (``--up-only``: pale tiles darkened, dark ones left), paired against the raw tile: does a pale tile lose because it is pale? With
   ``--gain G`` every tile's haematoxylin is multiplied by ``G`` instead (``0.5``: training tiles made as pale as pale
   validation ones): does the model lose its nuclei when they pale?
 """
