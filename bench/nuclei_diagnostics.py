@@ -11,9 +11,9 @@
 * ``stain``: per image the haematoxylin optical density (``training.augment.stain_concentrations``) of the
   nucleus pixels (median and 10th percentile) and the tile's 99th percentile. With ``--normalise`` also the
   model's Dice and AJI with each tile's haematoxylin scaled so its 99th percentile meets the median of the images
-  read (``--up-only``: pale tiles darkened, dark ones left), paired against the raw tile: does a pale tile lose because it is pale? With
-  ``--gain G`` every tile's haematoxylin is multiplied by ``G`` instead (``0.5``: training tiles made as pale as pale
-  validation ones): does the model lose its nuclei when they pale?
+  read (``--up-only``: pale tiles darkened, dark ones left), paired against the raw tile: does a pale tile lose
+  because it is pale? With ``--gain G`` every tile's haematoxylin is multiplied by ``G`` instead (``0.5``: training
+  tiles made as pale as pale validation ones): does the model lose its nuclei when they pale?
 """
 from __future__ import annotations
 
